@@ -49,6 +49,13 @@ def tokens_per_step(n: int, steps: int, schedule: str | Sequence[int] = "arccos"
     return counts
 
 
+def scaled_steps(steps: int, remaining: int, total: int) -> int:
+    """With known tokens, the step count shrinks in proportion to the tokens left to decode."""
+    if remaining == total:
+        return steps
+    return min(remaining, max(1, round(steps * remaining / total)))
+
+
 def cfg_per_step(counts: Sequence[int], scale: float, schedule: str, total: int) -> list[float]:
     """Guidance scale at each step; `linear` ramps with the fraction decoded after the step."""
     if schedule not in CFG_SCHEDULES:

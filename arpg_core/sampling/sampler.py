@@ -10,7 +10,7 @@ import torch
 from arpg_core.errors import SamplingError
 from arpg_core.models.arpg import ARPG
 from arpg_core.sampling.options import SamplingOptions
-from arpg_core.sampling.plan import StepPlan, cfg_per_step, full_order, tokens_per_step
+from arpg_core.sampling.plan import StepPlan, cfg_per_step, full_order, scaled_steps, tokens_per_step
 
 UNKNOWN = -1  # sentinel for not-yet-decoded cells in event grids
 
@@ -93,10 +93,7 @@ def _known_rows(known_tokens, known_mask, batch: int, grid: tuple[int, int], dev
 def make_plan(opts: SamplingOptions, known: torch.Tensor, grid, generators, n_total: int) -> StepPlan:
     num_known = int(known[0].sum())
     remaining = n_total - num_known
-    steps = opts.steps
-    if num_known and isinstance(opts.schedule, str):
-        # Scale the step count to the share of tokens left to decode.
-        steps = min(remaining, max(1, round(opts.steps * remaining / n_total)))
+    steps = scaled_steps(opts.steps, remaining, n_total) if isinstance(opts.schedule, str) else opts.steps
     counts = tokens_per_step(remaining, steps, opts.schedule)
     cfg = cfg_per_step(counts, opts.cfg_scale, opts.cfg_schedule, n_total)
     return StepPlan(full_order(opts.order, known, grid, generators), num_known, counts, cfg)

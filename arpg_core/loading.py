@@ -1,0 +1,232 @@
+"""Build, load and save models and tokenizers.
+
+Sources are local `.pt` / `.pth` / `.bin` / `.safetensors` files or `hf://owner/repo/filename`.
+Torch files are read with `weights_only=True` only. Our own format is safetensors with the
+config and class names in its metadata, so one file describes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arpg_core.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    CorruptCheckpointError,
+    HubUnavailableError,
+    ShapeMismatchError,
+    UnsafeCheckpointError,
+)
+from arpg_core.models.arpg import ARPG, ARPGConfig
+from arpg_core.models.layers import ffn_hidden_dim
+from arpg_core.tokenizer.vq import VQConfig, VQModel
+
+WRAPPER_KEYS = ("model", "ema", "module", "state_dict")
+# Derived buffers some training codes save; they are recomputed, never loaded.
+DERIVED_SUFFIXES = ("freqs_cis", "causal_mask")
+FORMAT = "arpg-studio"
+
+
+# ---- sources ---------------------------------------------------------------------------------
+def resolve_source(source: str | Path) -> Path:
+    """A local path, or `hf://owner/repo/path/in/repo` fetched through the hub cache."""
+    text = str(source)
+    if text.startswith("hf://"):
+        return _hub_file(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _hub_file(uri: str) -> Path:
+    parts = uri[len("hf://"):].split("/")
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(f"hub sources look like hf://owner/repo/filename, got {uri!r}")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except hub_errors.LocalEntryNotFoundError:
+        raise HubUnavailableError(
+            f"{filename} from {repo_id} is not in the local Hugging Face cache and the hub cannot be "
+            "reached (offline?). Download it once with network access, or pass a local file."
+        ) from None
+    except (hub_errors.RepositoryNotFoundError, hub_errors.EntryNotFoundError,
+            hub_errors.RevisionNotFoundError) as exc:
+        raise HubUnavailableError(f"the hub has no {filename} in {repo_id}: {exc}") from None
+    except (OSError, hub_errors.HfHubHTTPError) as exc:
+        raise HubUnavailableError(f"could not fetch {uri}: {exc}") from None
+
+
+# ---- reading -------------------------------------------------------------------------------
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (state dict, safetensors metadata or {})."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{path.name} needs arbitrary code to unpickle and was refused (only plain tensors "
+                "and containers are loaded). Convert it to safetensors from a trusted environment."
+            ) from None
+        raise CorruptCheckpointError(f"{path.name} is not a readable torch checkpoint: {exc}") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CorruptCheckpointError(f"{path.name} is truncated or not a torch checkpoint: {exc}") from None
+    return _unwrap(obj, path.name), {}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from None
+
+
+def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CorruptCheckpointError(
+            f"{name} holds no state dict (looked under {', '.join(WRAPPER_KEYS)} and at the top level)"
+        )
+    out = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
+            key = key.removeprefix(prefix)
+        if not key.endswith(DERIVED_SUFFIXES):
+            out[key] = value
+    return out
+
+
+# ---- config inference ----------------------------------------------------------------------
+def _count(sd: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def infer_arpg_config(sd: dict[str, torch.Tensor], head_dim: int = 64) -> ARPGConfig:
+    try:
+        table, dim = sd["embeddings.weight"].shape
+        vocab = sd["head.weight"].shape[0]
+        hidden = sd["layers.self_dec.0.ffn.w1.weight"].shape[0]
+    except KeyError as exc:
+        raise ShapeMismatchError(f"not an ARPG checkpoint: no {exc.args[0]}") from None
+    multiple = next((m for m in (256, 128, 64, 32, 16, 8, 1) if ffn_hidden_dim(dim, m, None) == hidden), None)
+    extra = {} if multiple else {"ffn_dim_multiplier": hidden / int(2 * 4 * dim / 3)}
+    return ARPGConfig(dim=dim, n_layer=2 * _count(sd, "layers.self_dec."), n_head=max(1, dim // head_dim),
+                      vocab_size=vocab, num_classes=table - vocab - 3, multiple_of=multiple or 1, **extra)
+
+
+def infer_vq_config(sd: dict[str, torch.Tensor]) -> VQConfig:
+    try:
+        ch, in_ch = sd["encoder.conv_in.weight"].shape[:2]
+        levels = _count(sd, "encoder.conv_blocks.")
+        mult = tuple(sd[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in range(levels))
+        size, cdim = sd["quantize.embedding.weight"].shape
+        z = sd["encoder.conv_out.weight"].shape[0]
+    except KeyError as exc:
+        raise ShapeMismatchError(f"not a VQ tokenizer checkpoint: no {exc.args[0]}") from None
+    return VQConfig(ch=ch, ch_mult=mult, z_channels=z, num_res_blocks=_count(sd, "encoder.conv_blocks.0.res."),
+                    codebook_size=size, codebook_dim=cdim, in_channels=in_ch)
+
+
+# ---- building and loading --------------------------------------------------------------------
+def build_model(config: str | dict | ARPGConfig, device: str | torch.device = "cpu") -> ARPG:
+    with torch.device(device):
+        return ARPG(ARPGConfig.resolve(config))
+
+
+def build_tokenizer(config: str | dict | VQConfig, device: str | torch.device = "cpu") -> VQModel:
+    with torch.device(device):
+        return VQModel(VQConfig.resolve(config))
+
+
+def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+                   for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        lines = [f"{source} does not fit the config:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)):
+            if items:
+                shown = ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+                lines.append(f"  {title} ({len(items)}): {shown}")
+        raise ShapeMismatchError("\n".join(lines))
+    module.load_state_dict(sd, strict=True, assign=True)
+
+
+def _load(source, config, kind: str, dtype, device):
+    path = resolve_source(source)
+    sd, meta = read_checkpoint(path)
+    if meta.get("format") == FORMAT and meta.get("kind") != kind:
+        raise CheckpointError(f"{path.name} holds a {meta.get('kind')} checkpoint, not a {kind}")
+    cfg_cls, infer = (ARPGConfig, infer_arpg_config) if kind == "arpg" else (VQConfig, infer_vq_config)
+    if config is not None:
+        cfg = cfg_cls.resolve(config)
+    elif "config" in meta:
+        cfg = cfg_cls.from_dict(json.loads(meta["config"]))
+    else:
+        cfg = infer(sd)
+    module = (build_model if kind == "arpg" else build_tokenizer)(cfg, device="meta")
+    _load_strict(module, sd, path.name)
+    module = module.to(device=device, dtype=dtype)
+    module.class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    return module.eval().requires_grad_(False)
+
+
+def load_model(source: str | Path, config: str | dict | ARPGConfig | None = None, *,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> ARPG:
+    """Load an ARPG checkpoint (published `.pt` or our `.safetensors`), strictly."""
+    return _load(source, config, "arpg", dtype, device)
+
+
+def load_tokenizer(source: str | Path, config: str | dict | VQConfig | None = None, *,
+                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VQModel:
+    """Load a VQ tokenizer checkpoint (LlamaGen `.pt` or our `.safetensors`), strictly."""
+    return _load(source, config, "vq", dtype, device)
+
+
+# ---- saving ----------------------------------------------------------------------------------
+def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: list[str] | None = None,
+                    dtype: torch.dtype | None = None, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write our self-describing safetensors file (config and class names in the metadata)."""
+    from safetensors.torch import save_file
+
+    kind = "arpg" if isinstance(module, ARPG) else "vq" if isinstance(module, VQModel) else None
+    if kind is None:
+        raise ConfigError(f"cannot save a {type(module).__name__}")
+    sd = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        sd[k] = v.contiguous()
+    names = class_names if class_names is not None else getattr(module, "class_names", None)
+    meta = {"format": FORMAT, "kind": kind, "config": module.config.to_json(), **(extra_metadata or {})}
+    if names is not None:
+        meta["class_names"] = json.dumps(list(names))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata=meta)
+    return path

@@ -1,0 +1,141 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import arpg_core
+from arpg_core import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    HubUnavailableError,
+    ShapeMismatchError,
+    UnsafeCheckpointError,
+)
+
+# head dim 64, as the published models, so the config can be inferred from shapes alone
+SMALL = dict(dim=128, n_layer=4, n_head=2, vocab_size=96, num_classes=5, grid_size=16)
+
+
+def published_file(tmp_path: Path, config=SMALL, wrap="model") -> tuple[Path, arpg_core.ARPG]:
+    torch.manual_seed(0)
+    model = arpg_core.build_model(config)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    sd = model.state_dict()
+    path = tmp_path / "arpg_small.pt"
+    torch.save({wrap: sd, "args": {"note": "extra keys are fine"}} if wrap else sd, path)
+    return path, model.eval()
+
+
+def inputs(cfg, b=2):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (b, cfg.seq_len), generator=g)
+    order = torch.stack([torch.randperm(cfg.seq_len, generator=g) for _ in range(b)])
+    return tokens, torch.tensor([1, -1]), order
+
+
+@pytest.mark.parametrize("wrap", ["model", "ema", "module", "state_dict", None])
+def test_published_format_loads_strictly_and_round_trips(tmp_path, wrap):
+    path, ref = published_file(tmp_path, wrap=wrap)
+    model = arpg_core.load_model(path, config={**SMALL})
+    inferred = arpg_core.load_model(path)  # config inferred from shapes
+    assert inferred.config == model.config
+    x = inputs(model.config)
+    expected = ref(*x)
+    torch.testing.assert_close(model(*x), expected, rtol=0, atol=0)
+    out = arpg_core.save_checkpoint(model, tmp_path / "ours.safetensors", class_names=list("abcde"))
+    again = arpg_core.load_model(out)  # config and class names from the metadata
+    assert again.config == model.config and again.class_names == list("abcde")
+    torch.testing.assert_close(again(*x), expected, rtol=0, atol=0)
+
+
+def test_shape_mismatch_names_the_differences(tmp_path):
+    path, _ = published_file(tmp_path)
+    with pytest.raises(ShapeMismatchError) as err:
+        arpg_core.load_model(path, config={**SMALL, "vocab_size": 100})
+    assert "head.weight" in str(err.value) and "embeddings.weight" in str(err.value)
+    with pytest.raises(ShapeMismatchError, match="missing"):
+        arpg_core.load_model(path, config={**SMALL, "n_layer": 6})
+
+
+def test_missing_corrupt_and_wrong_kind(tmp_path):
+    with pytest.raises(CheckpointNotFoundError):
+        arpg_core.load_model(tmp_path / "nope.pt")
+    path, _ = published_file(tmp_path)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CorruptCheckpointError):
+        arpg_core.load_model(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(CorruptCheckpointError):
+        arpg_core.load_model(junk)
+    vq = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "vq.safetensors")
+    with pytest.raises(arpg_core.CheckpointError, match="vq"):
+        arpg_core.load_model(vq)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        arpg_core.load_model(path)
+
+
+def test_tokenizer_published_format_round_trip(tmp_path):
+    torch.manual_seed(0)
+    vq = arpg_core.build_tokenizer("VQ-tiny").eval()
+    path = tmp_path / "vq_tiny.pt"
+    torch.save({"model": vq.state_dict(), "optimizer": {}, "steps": 3}, path)
+    loaded = arpg_core.load_tokenizer(path, config="VQ-tiny")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(loaded.encode(images), vq.encode(images))
+    ours = arpg_core.load_tokenizer(arpg_core.save_checkpoint(loaded, tmp_path / "vq.safetensors"))
+    assert ours.config == loaded.config
+    torch.testing.assert_close(ours.decode(vq.encode(images)), vq.decode(vq.encode(images)))
+
+
+def fill_hub_cache(home: Path, repo: str, filename: str, payload: bytes) -> None:
+    """Lay a file out the way huggingface_hub's cache does: refs/main -> snapshots/<commit>/."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit / filename
+    snap.parent.mkdir(parents=True)
+    snap.write_bytes(payload)
+
+
+def test_hf_source_resolves_from_local_cache_offline(tmp_path):
+    path, ref = published_file(tmp_path)
+    fill_hub_cache(tmp_path / "hf", "hp-l33/ARPG", "arpg_small.pt", path.read_bytes())
+    code = (
+        "import torch, arpg_core\n"
+        "m = arpg_core.load_model('hf://hp-l33/ARPG/arpg_small.pt')\n"
+        "print(m.config.dim, m.config.n_layer, float(m.head.weight.sum()))\n"
+        "try:\n"
+        "    arpg_core.load_model('hf://hp-l33/ARPG/arpg_missing.pt')\n"
+        "except arpg_core.HubUnavailableError as e:\n"
+        "    print('UNAVAILABLE', e)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().splitlines()
+    dim, layers, total = first.split()
+    assert (int(dim), int(layers)) == (128, 4)
+    assert abs(float(total) - float(ref.head.weight.detach().sum())) < 1e-3
+    assert second.startswith("UNAVAILABLE") and "offline" in second
+
+
+def test_bad_hub_uri():
+    with pytest.raises(arpg_core.CheckpointError, match="hf://owner/repo/filename"):
+        arpg_core.load_model("hf://only-owner")
