@@ -1,0 +1,149 @@
+"""Build the emoji class-conditional data set from the system emoji font.
+
+    python -m arpg_core.data.emoji --out data/emoji --size 64
+
+Classes are the 9 emoji groups of `emoji-test.txt` (group `Component` skipped). Images land in
+`<out>/<split>/<class_index>_<slug>/<codepoints>.png`, readable by `ImageFolderDataset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from arpg_core.errors import DataError
+
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+FONT_SIZE = 109  # the only bitmap strike NotoColorEmoji offers
+INSTALL_HINT = "apt-get install fonts-noto-color-emoji unicode-data"
+SKIP_GROUPS = {"Component"}
+VAL_PERCENT = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EmojiEntry:
+    codepoints: str  # "1F600" or "1F469-200D-1F4BB"
+    group: str
+    name: str
+
+    @property
+    def text(self) -> str:
+        return "".join(chr(int(cp, 16)) for cp in self.codepoints.split("-"))
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def check_sources(emoji_test: Path = EMOJI_TEST, font: Path = EMOJI_FONT) -> None:
+    missing = [str(p) for p in (emoji_test, font) if not p.is_file()]
+    if missing:
+        raise DataError(f"missing {', '.join(missing)}; install with: {INSTALL_HINT}")
+
+
+def parse_emoji_test(path: Path = EMOJI_TEST) -> tuple[list[str], list[EmojiEntry]]:
+    """-> (group names in file order, fully-qualified entries outside skipped groups)."""
+    groups: list[str] = []
+    entries: list[EmojiEntry] = []
+    group = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+            if group not in SKIP_GROUPS:
+                groups.append(group)
+            continue
+        if not line.strip() or line.startswith("#") or group in SKIP_GROUPS or group is None:
+            continue
+        fields, _, comment = line.partition("#")
+        codes, _, status = fields.partition(";")
+        if status.strip() != "fully-qualified":
+            continue
+        name = re.sub(r"^\S+\s+E\d+\.\d+\s+", "", comment.strip())
+        entries.append(EmojiEntry("-".join(codes.split()), group, name))
+    return groups, entries
+
+
+def split_of(codepoints: str) -> str:
+    """Fixed held-out split: ~VAL_PERCENT % of each class by a hash of the codepoints."""
+    bucket = int(hashlib.sha1(codepoints.encode()).hexdigest(), 16) % 100
+    return "val" if bucket < VAL_PERCENT else "train"
+
+
+def render(text: str, font: ImageFont.FreeTypeFont, size: int, margin: float = 0.06) -> Image.Image | None:
+    """Glyph -> RGB `size` x `size` on white, centred; None when the font draws nothing."""
+    canvas = Image.new("RGBA", (FONT_SIZE * 4, FONT_SIZE * 2), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((FONT_SIZE // 2, FONT_SIZE // 2), text, font=font, embedded_color=True)
+    box = canvas.getchannel("A").getbbox()
+    if box is None:
+        return None
+    glyph = canvas.crop(box)
+    side = int(max(glyph.size) * (1 + 2 * margin))
+    square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
+    return square.convert("RGB").resize((size, size), Image.LANCZOS)
+
+
+def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
+    head = emoji_test.read_text(encoding="utf-8").splitlines()[:12]
+    version = next((ln.split(":", 1)[1].strip() for ln in head if ln.startswith("# Version:")), "unknown")
+    font_obj = ImageFont.truetype(str(font), FONT_SIZE)
+    return {
+        "emoji_test": f"{emoji_test} (Version {version})",
+        "font": f"{font} ({' '.join(font_obj.getname())})",
+    }
+
+
+def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT) -> dict:
+    check_sources(emoji_test, font_path)
+    groups, entries = parse_emoji_test(emoji_test)
+    font = ImageFont.truetype(str(font_path), FONT_SIZE)
+    folders = {g: f"{i}_{slug(g)}" for i, g in enumerate(groups)}
+    counts: Counter[tuple[str, str]] = Counter()
+    skipped = []
+    for entry in tqdm(entries, desc="render", unit="emoji"):
+        image = render(entry.text, font, size)
+        if image is None:
+            skipped.append(entry.codepoints)
+            continue
+        split = split_of(entry.codepoints)
+        folder = out / split / folders[entry.group]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{entry.codepoints}.png")
+        counts[(split, entry.group)] += 1
+    meta = {
+        "classes": groups,
+        "folders": [folders[g] for g in groups],
+        "size": size,
+        "counts": {s: {g: counts[(s, g)] for g in groups} for s in ("train", "val")},
+        "skipped_empty": skipped,
+        "sources": source_versions(emoji_test, font_path),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/emoji"))
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    meta = build(args.out, args.size)
+    for split, per_class in meta["counts"].items():
+        print(split, sum(per_class.values()), per_class)
+    print(f"skipped {len(meta['skipped_empty'])} empty glyphs; wrote {args.out / 'meta.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Generic training helpers shared by the tokenizer and ARPG trainers."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from arpg_core.errors import CheckpointError
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay only on matrices/conv kernels, not on norms, biases or embeddings."""
+    no_decay_types = (nn.Embedding, nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
+    skip = {id(p) for m in model.modules() if isinstance(m, no_decay_types) for p in m.parameters()}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or id(p) in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95)):
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up to base_lr, then cosine decay to base_lr * min_ratio at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state (parameters and buffers)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def module(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` holding the averaged weights."""
+        averaged = copy.deepcopy(model)
+        self.copy_to(averaged)
+        return averaged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.float() for k, v in state["shadow"].items()}
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """Atomic write: a crash mid-save never leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Our own training checkpoints (they hold numpy/python RNG states, hence weights_only=False)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read training checkpoint {path}: {exc}") from exc
+
+
+def training_state(model, ema: EMA | None, optimizer, step: int, config: dict, **extra: Any) -> dict:
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": rng_state(),
+        "config": config,
+        **extra,
+    }
+
+
+def restore_training_state(state: dict, model, ema: EMA | None, optimizer) -> int:
+    """Load what `training_state` saved; returns the step to continue from."""
+    model.load_state_dict(state["model"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag so the loop can save a checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def class_balanced_weights(labels: list[int] | torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Per-sample weights ∝ 1 / count(class)^alpha (0 = natural frequencies, 1 = balanced)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels).float().clamp(min=1)
+    return counts[labels].pow(-alpha)
+
+
+def balanced_batches(
+    weights: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Endless stream of index batches drawn with replacement by `weights`."""
+    while True:
+        yield torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+
+
+class Progress:
+    """tqdm bar showing smoothed loss and images/s."""
+
+    def __init__(self, start: int, total: int, batch_size: int):
+        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=5)
+        self.batch_size, self.t0, self.loss = batch_size, time.time(), None
+
+    def update(self, loss: float, **extra: float) -> None:
+        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
+        now = time.time()
+        ips = self.batch_size / max(1e-6, now - self.t0)
+        self.t0 = now
+        self.bar.set_postfix(
+            loss=f"{self.loss:.4f}", img_s=f"{ips:.1f}", **{k: f"{v:.3g}" for k, v in extra.items()}
+        )
+        self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def log_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

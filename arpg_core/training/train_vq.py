@@ -1,0 +1,245 @@
+"""Train a VQ tokenizer on an image folder (reconstruction + VQ losses; no GAN, no downloads).
+
+    python -m arpg_core.training.train_vq --data data/emoji/train --config VQ-emoji \
+        --out runs/vq-emoji --steps 600 --batch-size 64
+
+Resumes from `<out>/last.pt` when it exists (pass --fresh to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import ConfigError
+from arpg_core.tokenizer.vq import VQConfig, VQModel
+from arpg_core.training import common
+
+EXPORT_NAME = "vq.safetensors"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="train image folder (class sub-folders or flat)")
+    p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
+    p.add_argument("--config", default="VQ-emoji", help="VQConfig preset name or a JSON file")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--edge-weight", type=float, default=0.5, help="L1 on image gradients")
+    p.add_argument("--entropy-weight", type=float, default=0.0)
+    p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
+    p.add_argument("--reinit-every", type=int, default=100, help="re-seed unused codes every N steps")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (slow on CPUs without AVX512-BF16)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    return p.parse_args(argv)
+
+
+def load_config(spec: str) -> VQConfig:
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return VQConfig.from_dict(json.loads(path.read_text()))
+    return VQConfig.from_name(spec)
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float) -> dict:
+    recon = recon.float()
+    terms = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
+    if edge_weight > 0:
+        dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+        dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+        edge = F.l1_loss(dx(recon), dx(target)) + F.l1_loss(dy(recon), dy(target))
+        terms["edge"] = edge_weight * edge
+    return terms
+
+
+class CodeTracker:
+    """Counts code use since the last re-seed and keeps recent encoder outputs to re-seed from."""
+
+    def __init__(self, codebook_size: int, keep: int = 8192):
+        self.counts = torch.zeros(codebook_size, dtype=torch.long)
+        self.recent = torch.empty(0)
+        self.keep = keep
+
+    def observe(self, codes: torch.Tensor, latents: torch.Tensor) -> None:
+        self.counts += torch.bincount(codes.flatten(), minlength=len(self.counts))
+        flat = latents.detach().float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # [N, D]
+        self.recent = torch.cat([flat, self.recent])[: self.keep]
+
+    def usage(self) -> float:
+        return (self.counts > 0).float().mean().item()
+
+    @torch.no_grad()
+    def reseed(self, model: VQModel, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> int:
+        dead = (self.counts == 0).nonzero().flatten()
+        if len(dead) and len(self.recent):
+            pick = torch.randint(len(self.recent), (len(dead),), generator=gen)
+            weight = model.quantize.embedding.weight
+            weight[dead] = self.recent[pick].to(weight.dtype)
+            state = optimizer.state.get(weight, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][dead] = 0
+        self.counts.zero_()
+        return len(dead)
+
+
+def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
+    with common.autocast(args.bf16):
+        latents = model.encode_latents(images)
+        z_q, vq = model.quantize(latents)
+        recon = model.decoder(model.post_quant_conv(z_q))
+    terms = reconstruction_loss(recon, images.float(), args.edge_weight)
+    loss = sum(terms.values()) + vq.total
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    tracker.observe(vq.codes, latents)
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "vq": vq.total.item()}
+
+
+@torch.no_grad()
+def evaluate(model: VQModel, images: torch.Tensor, bf16: bool, batch: int = 64) -> tuple[float, torch.Tensor]:
+    """-> (PSNR in dB on [0, 1] pixels, clamped reconstructions)."""
+    model.eval()
+    outs = []
+    for chunk in images.split(batch):
+        with common.autocast(bf16):
+            outs.append(model.decode(model.encode(chunk)).float().clamp(-1, 1))
+    model.train()
+    recon = torch.cat(outs)
+    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return (-10 * torch.log10(mse)).mean().item(), recon
+
+
+def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> None:
+    """Originals in the top row, reconstructions below."""
+    grid = torch.cat([torch.cat(list(originals), -1), torch.cat(list(recons), -1)], -2)  # [3, 2H, nW]
+    array = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def export(model: VQModel, ema: common.EMA, path: Path, step: int) -> None:
+    weights = {k: v.contiguous() for k, v in ema.shadow.items()}
+    meta = {"config": model.config.to_json(), "kind": "vq", "step": str(step)}
+    tmp = path.with_suffix(".tmp")
+    save_file(weights, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_data(
+    args, cfg: VQConfig
+) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    train = ImageFolderDataset(args.data, cfg.image_size)
+    images, labels = train.load_all()
+    val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
+    val = ImageFolderDataset(val_dir, cfg.image_size).load_all()[0] if val_dir and val_dir.is_dir() else None
+    return train, images, labels, val
+
+
+def run_eval(model, ema, val, step, args, progress) -> None:
+    ema_model = ema.module(model)
+    psnr_ema, recon = evaluate(ema_model, val, args.bf16)
+    psnr_raw, _ = evaluate(model, val, args.bf16)
+    record = {"step": step, "time": time.time(), "val_psnr_ema": psnr_ema, "val_psnr": psnr_raw}
+    common.log_jsonl(args.out / "eval.jsonl", record)
+    progress.write(f"[eval] step {step}: val PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
+    n = min(8, len(val))
+    save_sheet(args.out / "samples" / f"step_{step:06d}.png", val[:n], recon[:n])
+    export(model, ema, args.out / EXPORT_NAME, step)
+
+
+def build(args):
+    ckpt_path = args.out / common.CHECKPOINT_NAME
+    state = None if args.fresh or not ckpt_path.exists() else common.load_checkpoint(ckpt_path)
+    cfg = VQConfig.from_dict(state["config"]) if state else load_config(args.config)
+    model = VQModel(cfg, entropy_weight=args.entropy_weight)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = common.EMA(model, args.ema_decay)
+    optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.99))
+    step = common.restore_training_state(state, model, ema, optimizer) if state else 0
+    return cfg, model, ema, optimizer, step
+
+
+def train(args: argparse.Namespace) -> int:
+    """Runs to args.steps (or until SIGINT/SIGTERM); returns the step reached."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cfg, model, ema, optimizer, step = build(args)
+    train_set, images, labels, val = load_data(args, cfg)
+    print(
+        f"VQ {cfg.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
+        f"{len(images)} train images in {train_set.num_classes} classes | start step {step}",
+        flush=True,
+    )
+    gen = torch.Generator().manual_seed(args.seed * 1000 + step)
+    batches = common.balanced_batches(
+        common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen
+    )
+    tracker, progress = CodeTracker(cfg.codebook_size), common.Progress(step, args.steps, args.batch_size)
+    save = lambda: common.save_checkpoint(
+        args.out / common.CHECKPOINT_NAME,
+        **common.training_state(
+            model, ema, optimizer, step, cfg.to_dict(), args=vars(args) | {"out": str(args.out)}
+        ),
+    )
+    with common.StopFlag() as flag:
+        while step < args.steps and not flag.stop:
+            batch = images[next(batches)]
+            flip = torch.rand(len(batch), generator=gen) < 0.5
+            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+            if args.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            common.set_lr(optimizer, common.lr_at(step, args.lr, args.warmup, args.steps))
+            logs = train_step(model, optimizer, tracker, batch, args)
+            ema.update(model)
+            step += 1
+            progress.update(logs["loss"], usage=tracker.usage())
+            if step % args.reinit_every == 0:
+                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, gen)
+                common.log_jsonl(
+                    args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead}
+                )
+            if val is not None and (step % args.eval_every == 0 or step == args.steps):
+                run_eval(model, ema, val, step, args, progress)
+            if step % args.save_every == 0:
+                save()
+    save()
+    progress.close()
+    print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
+        raise SystemExit("--steps and --batch-size must be positive")
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import DataError
+from arpg_core.training import common
+from arpg_core.training.train_vq import main
+
+
+def _make_folder(root, n_per_class=4, size=32):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label, name in enumerate(["0_red", "1_blue"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n_per_class if split == "train" else 1):
+                array = np.full((size, size, 3), 255, np.uint8)
+                array[8:24, 8:24, label * 2] = rng.integers(0, 255)
+                Image.fromarray(array).save(folder / f"{i}.png")
+    return root / "train"
+
+
+def test_folder_dataset(tmp_path):
+    train = _make_folder(tmp_path)
+    ds = ImageFolderDataset(train, 16)
+    image, label = ds[0]
+    assert ds.class_names == ["0_red", "1_blue"] and ds.class_counts() == [4, 4]
+    assert image.shape == (3, 16, 16) and label == 0
+    assert -1 <= image.min() and image.max() <= 1 and image[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    flat = ImageFolderDataset(train / "1_blue", 16)
+    assert flat.num_classes == 1 and len(flat) == 4
+    with pytest.raises(DataError):
+        ImageFolderDataset(tmp_path / "missing", 16)
+
+
+def test_train_then_resume(tmp_path):
+    data, out = _make_folder(tmp_path), tmp_path / "run"
+    common_args = f"--data {data} --config VQ-tiny --out {out} --batch-size 4 --eval-every 3".split()
+    common_args += "--save-every 100 --reinit-every 2 --warmup 1 --threads 1".split()
+    main(common_args + ["--steps", "3"])
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 3
+    main(common_args + ["--steps", "5"])
+    state = common.load_checkpoint(out / common.CHECKPOINT_NAME)
+    assert state["step"] == 5
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 5]
+    assert (out / "samples" / "step_000005.png").is_file() and (out / "vq.safetensors").is_file()
+
+
+def test_lr_and_balance():
+    assert common.lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert common.lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert common.lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
+    weights = common.class_balanced_weights([0, 0, 0, 1], alpha=1.0)
+    assert weights[:3].sum() == pytest.approx(weights[3])
+    groups = common.param_groups(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)), 0.1)
+    assert [len(g["params"]) for g in groups] == [1, 3]
