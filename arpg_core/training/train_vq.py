@@ -3,7 +3,8 @@
     python -m arpg_core.training.train_vq --data data/emoji/train --config VQ-emoji \
         --out runs/vq-emoji --steps 600 --batch-size 64
 
-Resumes from `<out>/last.pt` when it exists (pass --fresh to start over).
+Resumes from `<out>/last.pt` when it exists (pass --fresh to start over). On a shared CPU set
+OMP_WAIT_POLICY=PASSIVE: with another busy process, spinning OpenMP threads cost ~1.7x.
 """
 
 from __future__ import annotations
@@ -90,12 +91,14 @@ class CodeTracker:
         return (self.counts > 0).float().mean().item()
 
     @torch.no_grad()
-    def reseed(self, model: VQModel, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    def reseed(self, model: VQModel, optimizer, ema: common.EMA, gen: torch.Generator) -> int:
+        """Unused codes <- random recent encoder outputs (in the EMA copy too, so it does not lag)."""
         dead = (self.counts == 0).nonzero().flatten()
         if len(dead) and len(self.recent):
             pick = torch.randint(len(self.recent), (len(dead),), generator=gen)
             weight = model.quantize.embedding.weight
             weight[dead] = self.recent[pick].to(weight.dtype)
+            ema.shadow["quantize.embedding.weight"][dead] = weight[dead].float()
             state = optimizer.state.get(weight, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
@@ -141,9 +144,10 @@ def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> Non
     Image.fromarray(array).save(path)
 
 
-def export(model: VQModel, ema: common.EMA, path: Path, step: int) -> None:
-    weights = {k: v.contiguous() for k, v in ema.shadow.items()}
-    meta = {"config": model.config.to_json(), "kind": "vq", "step": str(step)}
+def export(model: VQModel, state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """fp32 safetensors carrying the VQConfig in its metadata."""
+    weights = {k: v.detach().float().contiguous() for k, v in state.items()}
+    meta = {"config": model.config.to_json(), "kind": "vq", **meta}
     tmp = path.with_suffix(".tmp")
     save_file(weights, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -168,7 +172,14 @@ def run_eval(model, ema, val, step, args, progress) -> None:
     progress.write(f"[eval] step {step}: val PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
     n = min(8, len(val))
     save_sheet(args.out / "samples" / f"step_{step:06d}.png", val[:n], recon[:n])
-    export(model, ema, args.out / EXPORT_NAME, step)
+    use_ema = psnr_ema >= psnr_raw  # early on the EMA lags; export whichever is better now
+    state = ema.shadow if use_ema else model.state_dict()
+    meta = {
+        "step": str(step),
+        "weights": "ema" if use_ema else "raw",
+        "val_psnr": f"{max(psnr_ema, psnr_raw):.3f}",
+    }
+    export(model, state, args.out / EXPORT_NAME, meta)
 
 
 def build(args):
@@ -220,7 +231,7 @@ def train(args: argparse.Namespace) -> int:
             step += 1
             progress.update(logs["loss"], usage=tracker.usage())
             if step % args.reinit_every == 0:
-                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, gen)
+                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen)
                 common.log_jsonl(
                     args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead}
                 )
