@@ -1,0 +1,102 @@
+"""Side-by-side benchmark: parallel (ARPG) vs raster one-token-per-step decoding on equal weights,
+and the KV cache bytes of ARPG against a raster model holding all n_layer layers.
+
+    python -m arpg_core.bench [--quick] [--device cpu|cuda] [--dtype float32|bfloat16]
+
+Prints one JSON line per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from arpg_core.loading import build_model
+from arpg_core.models.arpg import ARPG, ARPGConfig
+from arpg_core.sampling.plan import tokens_per_step
+from arpg_core.sampling.sampler import generate
+from arpg_core.training.objective import init_arpg_weights
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_generate(model: ARPG, batch: int, repeats: int, **kwargs) -> float:
+    """Median seconds per image over `repeats` calls, after one warm-up call."""
+    device = model.embeddings.weight.device
+    labels = torch.arange(batch) % model.config.num_classes
+    times = []
+    for r in range(repeats + 1):
+        gens = [torch.Generator().manual_seed(1000 * r + i) for i in range(batch)]
+        _sync(device)
+        t0 = time.perf_counter()
+        generate(model, labels, generator=gens, **kwargs)
+        _sync(device)
+        if r:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) / batch
+
+
+def speed_case(name: str, model: ARPG, batch: int, steps: int, repeats: int, cfg_scale: float) -> dict:
+    n = model.config.seq_len
+    parallel = time_generate(model, batch, repeats, steps=steps, cfg_scale=cfg_scale, order="random")
+    raster = time_generate(model, batch, repeats, steps=n, cfg_scale=cfg_scale, order="raster")
+    return {"case": name, "batch": batch, "steps": steps, "raster_steps": n,
+            "parallel_s_per_image": round(parallel, 5), "raster_s_per_image": round(raster, 5),
+            "speedup": round(raster / parallel, 2)}
+
+
+def cache_case(name: str, config: ARPGConfig, steps: int, dtype: torch.dtype, batch: int = 1) -> dict:
+    """Bytes of the caches one call allocates, against a raster model caching every layer."""
+    with torch.device("meta"):
+        model = ARPG(config)
+    n = config.seq_len
+    counts = tokens_per_step(n, steps, "arccos")
+    rope = torch.zeros(n + 1, config.head_dim // 2, 2)
+    cache = model.new_cache(2 * batch, 1 + sum(counts[:-1]), rope, dtype=dtype)  # CFG doubles the batch
+    ours = sum(t.numel() * t.element_size() for c in [*cache.content, cache.shared] for t in (c.k, c.v))
+    per_token_layer = 2 * 2 * batch * config.dim * torch.finfo(dtype).bits // 8  # K and V, CFG rows
+    raster = config.n_layer * (1 + n) * per_token_layer
+    return {"case": name, "batch": batch, "steps": steps, "kv_cache_bytes": ours,
+            "raster_kv_cache_bytes": raster, "kv_ratio": round(ours / raster, 3)}
+
+
+def run(quick: bool, device: str, dtype: torch.dtype) -> list[dict]:
+    torch.manual_seed(0)
+    rows = []
+    dev = torch.device(device)
+    small = build_model("ARPG-small")
+    init_arpg_weights(small)
+    torch.nn.init.normal_(small.head.weight, std=0.02)  # non-degenerate logits
+    small = small.to(dev, dtype).eval()
+    repeats = 2 if quick else 5
+    for batch in (1, 16):
+        rows.append(speed_case(f"ARPG-small/{device}", small, batch, 64, repeats, cfg_scale=4.0))
+    if dev.type == "cuda":
+        large = build_model("ARPG-L", device=dev).to(dtype).eval()
+        for batch in (1, 16):
+            rows.append(speed_case(f"ARPG-L/{device}", large, batch, 64, repeats, cfg_scale=4.0))
+    for name in ("ARPG-L", "ARPG-XL", "ARPG-XXL"):
+        rows.append(cache_case(name, ARPGConfig.from_name(name), 64, torch.bfloat16))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="arpg bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (under two minutes on a laptop CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+    for row in run(args.quick, args.device, getattr(torch, args.dtype)):
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

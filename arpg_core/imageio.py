@@ -1,0 +1,88 @@
+"""Reading user images safely and converting between PIL and tensors."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from arpg_core.errors import ARPGError
+
+MAX_PIXELS = 4096 * 4096  # larger uploads are refused before they are decoded
+
+
+class ImageInputError(ARPGError, ValueError):
+    """An upload that is not an image, is corrupt or truncated, or is too large."""
+
+
+def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Any common image -> RGB PIL image, EXIF rotation applied, transparency over white."""
+    if isinstance(source, np.ndarray):
+        source = Image.fromarray(_to_uint8(source))
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        image = _decode(source, max_pixels)
+    if image.width * image.height > max_pixels:
+        raise ImageInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
+    if image.width < 1 or image.height < 1:
+        raise ImageInputError("image is empty")
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image)
+
+
+def _decode(source, max_pixels: int) -> Image.Image:
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(data)
+            if image.width * image.height > max_pixels:
+                raise ImageInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
+            image.load()  # decode now, so a truncated file fails here
+    except FileNotFoundError:
+        raise ImageInputError(f"no such image file: {source}") from None
+    except UnidentifiedImageError:
+        raise ImageInputError("the file is not an image Pillow can read (PNG, JPEG, WebP, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"the image is too large (limit {max_pixels:,} pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"the image is corrupt or truncated: {exc}") from None
+    return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    top = 65535 if array.max(initial=0) > 255 else 255
+    return (array.astype(np.float64) * 255 / top).round().astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = Image.fromarray(_to_uint8(np.asarray(image)))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL -> [3, H, W] float in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [-1, 1] -> RGB PIL."""
+    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)

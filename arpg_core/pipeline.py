@@ -1,0 +1,241 @@
+"""Images in, images out: generation and editing on pixels, every decoding step exposed.
+
+Editing maps pixels to token cells, gives the sampler the kept tokens as context, and pastes the
+original pixels back where nothing was asked to change. Frames carry token grids; rendering a
+frame (a VQ decode plus overlays) is left to the caller so it can skip frames when behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from arpg_core.errors import ConfigError, SamplingError
+from arpg_core.imageio import open_image, to_pil, to_tensor
+from arpg_core.loading import load_model, load_tokenizer
+from arpg_core.models.arpg import ARPG
+from arpg_core.sampling.editing import Canvas, expand_canvas, inpaint_canvas, outpaint_canvas, sample_windowed
+from arpg_core.sampling.options import SamplingOptions
+from arpg_core.sampling.sampler import UNKNOWN, sample_steps
+from arpg_core.tokenizer.vq import VQModel
+
+MAX_CANVAS_CELLS = 48  # outpainting and expansion stop at 48 x 48 tokens per canvas side
+PENDING_RGB = np.array([200, 200, 205], dtype=np.float32)
+HIGHLIGHT_RGB = np.array([255, 190, 0], dtype=np.float32)
+
+
+@dataclass
+class Frame:
+    step: int  # steps done so far (0 = the frame before the first step)
+    num_steps: int
+    tokens: torch.Tensor  # [B, h, w], UNKNOWN where still pending
+    positions: torch.Tensor | None  # [B, n] raster positions decoded in this step
+    step_map: torch.Tensor  # [B, h, w] step (1-based) at which each cell was decoded; 0 = given, -1 = pending
+    images: list[Image.Image] | None = None  # the finished results, on the last frame only
+
+    @property
+    def done(self) -> bool:
+        return self.images is not None
+
+
+def cell_grid(width: int, height: int, grid: int) -> tuple[int, int]:
+    """Token grid (rows, cols) for an image: the long side gets `grid` cells, aspect kept."""
+    if width >= height:
+        return max(1, round(grid * height / width)), grid
+    return grid, max(1, round(grid * width / height))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+    return np.asarray(image) > 0
+
+
+class Pipeline:
+    def __init__(self, model: ARPG, tokenizer: VQModel, class_names: list[str] | None = None):
+        if model.config.vocab_size != tokenizer.config.codebook_size:
+            raise ConfigError(f"model vocab {model.config.vocab_size} != tokenizer codebook "
+                              f"{tokenizer.config.codebook_size}")
+        self.model, self.tokenizer = model, tokenizer
+        names = class_names or getattr(model, "class_names", None)
+        self.class_names = list(names) if names else [f"class {i}" for i in range(model.config.num_classes)]
+        self.cell = tokenizer.config.downsample
+        self.device = model.embeddings.weight.device
+        with torch.inference_mode():  # pending cells decode as the code of a flat grey patch
+            codes = tokenizer.encode(torch.zeros(1, 3, self.cell * 4, self.cell * 4, device=self.device))
+        self.filler = int(codes.flatten().mode().values)
+
+    @classmethod
+    def load(cls, model_source, tokenizer_source, device: str | None = None) -> Pipeline:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = load_model(model_source, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(tokenizer_source, device=device)  # the VQ stays in float32
+        return cls(model, tokenizer)
+
+    @property
+    def grid(self) -> int:
+        return self.model.config.grid_size
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * self.cell
+
+    # ---- conversions -------------------------------------------------------------------------
+    def label(self, label: int | None) -> int:
+        if label is None or label < 0:
+            return -1
+        if label >= len(self.class_names):
+            raise SamplingError(f"class {label} does not exist; the model has {len(self.class_names)} classes")
+        return int(label)
+
+    @torch.inference_mode()
+    def encode(self, image: Image.Image, grid: tuple[int, int]) -> torch.Tensor:
+        """RGB image -> tokens [rows, cols] (resized to the grid's pixel size)."""
+        rows, cols = grid
+        resized = image.resize((cols * self.cell, rows * self.cell), Image.LANCZOS)
+        return self.tokenizer.encode(to_tensor(resized)[None].to(self.device))[0].cpu()
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """tokens [B, h, w] (no UNKNOWN) -> RGB images."""
+        images = self.tokenizer.decode(tokens.to(self.device))
+        return [to_pil(x) for x in images]
+
+    @torch.inference_mode()
+    def render(self, tokens: torch.Tensor, highlight: torch.Tensor | None = None, scale: int = 1) -> Image.Image:
+        """A partial grid [B, h, w] as one strip: pending cells greyed, `highlight` cells tinted."""
+        b, h, w = tokens.shape
+        filled = tokens.where(tokens != UNKNOWN, self.filler)
+        pixels = np.stack([np.asarray(im, dtype=np.float32) for im in self.decode(filled)])  # [B, H, W, 3]
+        up = lambda m: m.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2).numpy()[..., None]  # cells -> pixels
+        pending = up(tokens == UNKNOWN)
+        pixels = np.where(pending, 0.25 * pixels + 0.75 * PENDING_RGB, pixels)
+        if highlight is not None and highlight.numel():
+            marked = torch.zeros(b, h * w, dtype=torch.bool).scatter_(1, highlight.cpu(), True).view(b, h, w)
+            pixels = np.where(up(marked), 0.45 * pixels + 0.55 * HIGHLIGHT_RGB, pixels)
+        gap = np.full((h * self.cell, 1, 3), 255.0, dtype=np.float32)
+        strip = np.concatenate([part for im in pixels for part in (im, gap)][:-1], axis=1)
+        image = Image.fromarray(strip.round().astype(np.uint8))
+        return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
+
+    def order_map(self, step_map: torch.Tensor, scale: int = 1) -> Image.Image:
+        """Heat map [h, w] of the step at which each cell was decoded (given cells grey)."""
+        steps = step_map.float()
+        top = max(1.0, float(steps.max()))
+        t = (steps / top).clamp(0, 1).numpy()[..., None]
+        early, late = np.array([40, 30, 120.0]), np.array([250, 230, 60.0])  # indigo -> yellow
+        rgb = early + (late - early) * t
+        rgb = np.where(step_map.numpy()[..., None] <= 0, PENDING_RGB, rgb)
+        cells = Image.fromarray(rgb.round().astype(np.uint8))
+        size = self.cell * scale
+        return cells.resize((cells.width * size, cells.height * size), Image.NEAREST)
+
+    # ---- the loop shared by every operation ----------------------------------------------------
+    def _frames(self, events, start: torch.Tensor, finish) -> Iterator[Frame]:
+        step_map = torch.where(start == UNKNOWN, -1, 0)
+        yield Frame(0, 0, start.clone(), None, step_map.clone())
+        event = None
+        for event in events:
+            b = event.tokens.shape[0]
+            step_map.view(b, -1).scatter_(1, event.positions.cpu(), event.step + 1)
+            tokens = event.tokens.cpu()
+            yield Frame(event.step + 1, event.num_steps, tokens, event.positions.cpu(), step_map.clone(),
+                        finish(tokens) if event.done or event.step + 1 == event.num_steps else None)
+
+    def _sample(self, canvas: Canvas, labels: list[int], seeds: list[int], options: SamplingOptions,
+                windowed: bool) -> Iterator:
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        kwargs = dict(generator=gens, options=options)
+        if windowed:
+            return sample_windowed(self.model, labels, canvas, **kwargs)
+        if canvas.known_mask.any():
+            kwargs.update(known_tokens=canvas.tokens.clamp_min(0), known_mask=canvas.known_mask)
+        return sample_steps(self.model, labels, grid=canvas.grid, **kwargs)
+
+    # ---- operations ------------------------------------------------------------------------------
+    def generate(self, labels: list[int], seed: int = 0, options: SamplingOptions | None = None,
+                 grid: tuple[int, int] | None = None) -> Iterator[Frame]:
+        """One image per label; image i uses seed + i, whatever the batch."""
+        labels = [self.label(c) for c in labels]
+        grid = grid or (self.grid, self.grid)
+        canvas = Canvas(torch.full(grid, UNKNOWN), torch.zeros(grid, dtype=torch.bool))
+        events = self._sample(canvas, labels, [seed + i for i in range(len(labels))],
+                              options or SamplingOptions(), windowed=False)
+        start = torch.full((len(labels), *grid), UNKNOWN)
+        return self._frames(events, start, self.decode)
+
+    def inpaint(self, image, mask: np.ndarray, label: int | None, seed: int = 0,
+                options: SamplingOptions | None = None, feather: int | None = None) -> Iterator[Frame]:
+        """Regenerate the masked pixels (mask [H, W] bool, True = change); the rest stays as given."""
+        image = open_image(image)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (image.height, image.width):
+            raise SamplingError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                f"{image.width}x{image.height}")
+        if not mask.any():
+            raise SamplingError("the mask is empty: paint over the region to regenerate")
+        grid = cell_grid(image.width, image.height, self.grid)
+        cells = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(grid[::-1], Image.BOX)) > 0
+        cells = _dilate(cells, 1)  # one cell of margin, so the new content has no seam at the edge
+        canvas = inpaint_canvas(self.encode(image, grid), torch.from_numpy(cells))
+        px = image.width / (grid[1] * self.cell)
+        rim = feather if feather is not None else max(2, round(self.cell * px / 2))
+        alpha = self._feather(mask, rim)
+
+        def finish(tokens):
+            made = self.decode(tokens)[0].resize(image.size, Image.LANCZOS)
+            out = np.asarray(made, np.float32) * alpha + np.asarray(image, np.float32) * (1 - alpha)
+            return [Image.fromarray(out.round().astype(np.uint8))]
+
+        events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(), windowed=False)
+        return self._frames(events, canvas.tokens[None], finish)
+
+    @staticmethod
+    def _feather(mask: np.ndarray, rim: int) -> np.ndarray:
+        """[H, W, 1] weights: 1 on the mask, fading to 0 within `rim` pixels outside it."""
+        grown = _dilate(mask, rim)
+        soft = Image.fromarray(grown.astype(np.uint8) * 255).filter(ImageFilter.BoxBlur(max(1, rim // 2)))
+        alpha = np.asarray(soft, np.float32) / 255 * grown  # nothing outside the grown mask
+        return np.maximum(alpha, mask)[..., None]
+
+    def outpaint(self, image, pad: tuple[int, int, int, int], label: int | None, seed: int = 0,
+                 options: SamplingOptions | None = None, windowed: bool | None = None) -> Iterator[Frame]:
+        """Grow the canvas by pad = (top, right, bottom, left) token cells; the original is kept as is."""
+        image = open_image(image)
+        grid = cell_grid(image.width, image.height, self.grid)
+        canvas = outpaint_canvas(self.encode(image, grid), pad)
+        self._check_canvas(canvas)
+        top, _, _, left = (int(p) for p in pad)
+        fx, fy = image.width / (grid[1] * self.cell), image.height / (grid[0] * self.cell)
+        rows, cols = canvas.grid
+
+        def finish(tokens):
+            made = self.decode(tokens)[0]
+            out = made.resize((round(cols * self.cell * fx), round(rows * self.cell * fy)), Image.LANCZOS)
+            out.paste(image, (round(left * self.cell * fx), round(top * self.cell * fy)))
+            return [out]
+
+        big = rows > self.grid or cols > self.grid
+        events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(),
+                              windowed=big if windowed is None else windowed)
+        return self._frames(events, canvas.tokens[None], finish)
+
+    def expand(self, image, label: int | None, seed: int = 0, options: SamplingOptions | None = None,
+               windowed: bool = True) -> Iterator[Frame]:
+        """Twice the token grid in each direction; the source tokens sit on the even cells."""
+        image = open_image(image)
+        canvas = expand_canvas(self.encode(image, cell_grid(image.width, image.height, self.grid)))
+        self._check_canvas(canvas)
+        events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(), windowed)
+        return self._frames(events, canvas.tokens[None], self.decode)
+
+    def _check_canvas(self, canvas: Canvas) -> None:
+        if max(canvas.grid) > MAX_CANVAS_CELLS:
+            raise SamplingError(f"the canvas would be {canvas.grid[1]}x{canvas.grid[0]} tokens; the limit is "
+                                f"{MAX_CANVAS_CELLS} per side")

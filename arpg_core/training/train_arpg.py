@@ -1,0 +1,209 @@
+"""Train ARPG on pre-tokenised codes of an image folder (class sub-folders, or flat = one class).
+
+    python -m arpg_core.training.train_arpg --data data/emoji/train --tokenizer runs/vq-emoji/vq.safetensors \
+        --config ARPG-emoji --out runs/arpg-emoji --steps 20000
+
+Images are encoded once (with horizontally flipped copies) and cached in --out. Resumes from
+`<out>/last.pt` when it exists (pass --fresh to start over). Every --sample-every steps a sheet with
+one row per class is written to <out>/samples, and <out>/arpg.safetensors is refreshed (EMA weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import ConfigError, DataError
+from arpg_core.loading import load_tokenizer, save_checkpoint
+from arpg_core.models.arpg import ARPG, ARPGConfig
+from arpg_core.sampling.sampler import generate
+from arpg_core.tokenizer.vq import VQModel
+from arpg_core.training import common
+from arpg_core.training.objective import arpg_loss, heldout_loss, init_arpg_weights, unigram_loss
+
+EXPORT_NAME = "arpg.safetensors"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="train image folder")
+    p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
+    p.add_argument("--tokenizer", required=True, help="VQ checkpoint (path or hf://)")
+    p.add_argument("--config", default="ARPG-emoji", help="ARPGConfig preset name or a JSON file")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--class-dropout", type=float, default=0.1)
+    p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    return p.parse_args(argv)
+
+
+def load_config(spec: str) -> ARPGConfig:
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return ARPGConfig.from_dict(json.loads(path.read_text()))
+    return ARPGConfig.from_name(spec)
+
+
+def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
+    """Readable names from a data set's meta.json when it has them, else the folder names."""
+    for meta in (folder / "meta.json", folder.parent / "meta.json"):
+        if meta.is_file():
+            names = json.loads(meta.read_text()).get("classes")
+            if names and len(names) == data.num_classes:
+                return list(names)
+    return list(data.class_names)
+
+
+@torch.no_grad()
+def tokenize_folder(tokenizer: VQModel, folder: Path, flips: bool, batch: int = 64):
+    """-> (codes [M, N] long, labels [M] long, dataset); flipped copies follow the originals."""
+    data = ImageFolderDataset(folder, tokenizer.config.image_size)
+    images, labels = data.load_all()
+    codes = torch.cat([tokenizer.encode(chunk).flatten(1) for chunk in images.split(batch)])
+    if flips:
+        flipped = torch.cat([tokenizer.encode(chunk.flip(-1)).flatten(1) for chunk in images.split(batch)])
+        codes, labels = torch.cat([codes, flipped]), torch.cat([labels, labels])
+    return codes, labels, data
+
+
+def cached_codes(tokenizer_path: Path, tokenizer: VQModel, folder: Path, out: Path, flips: bool):
+    digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()[:12]
+    cache = out / f"codes_{folder.name}_{digest}{'_flip' if flips else ''}.pt"
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        return saved["codes"], saved["labels"], saved["class_names"]
+    codes, labels, data = tokenize_folder(tokenizer, folder, flips)
+    names = class_names_of(folder, data)
+    torch.save({"codes": codes, "labels": labels, "class_names": names}, cache)
+    return codes, labels, names
+
+
+@torch.no_grad()
+def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8, steps: int = 64,
+                 cfg_scale: float = 4.0, seed: int = 0) -> Path:
+    """One row per class, `per_class` samples each, decoded to pixels."""
+    rows = []
+    g = model.config.grid_size
+    for c in range(model.config.num_classes):
+        gens = [torch.Generator().manual_seed(seed + 1000 * c + i) for i in range(per_class)]
+        tokens = generate(model, [c] * per_class, steps=steps, cfg_scale=cfg_scale, generator=gens)
+        images = tokenizer.decode(tokens.view(-1, g, g)).clamp(-1, 1)  # [k, 3, H, W]
+        rows.append(torch.cat(list(images), dim=-1))
+    sheet = torch.cat(rows, dim=-2)
+    array = ((sheet + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def evaluate(model, ema, val, unigram, step, args, progress) -> None:
+    averaged = ema.module(model).eval()
+    record = {"step": step, "time": time.time(), "unigram_loss": unigram}
+    if val is not None:
+        record["val_loss_ema"] = heldout_loss(averaged, *val)
+        record["val_loss"] = heldout_loss(model.eval(), *val)
+        model.train()
+        progress.write(f"[eval] step {step}: held-out loss {record['val_loss']:.4f} "
+                       f"(EMA {record['val_loss_ema']:.4f}), unigram {unigram:.4f}")
+    common.log_jsonl(args.out / "eval.jsonl", record)
+
+
+def snapshot(model, ema, tokenizer, step, args, names) -> None:
+    """Sample sheet and exported EMA weights, so a run can be inspected and used while it trains."""
+    averaged = ema.module(model).eval()
+    sample_sheet(averaged, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
+    save_checkpoint(averaged, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
+                    extra_metadata={"step": str(step)})
+
+
+def build(args, vocab: int, num_classes: int, grid: int):
+    ckpt = args.out / common.CHECKPOINT_NAME
+    state = None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
+    cfg = ARPGConfig.from_dict(state["config"]) if state else load_config(args.config)
+    if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
+        raise ConfigError(f"config has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid {cfg.grid_size}; "
+                          f"the data has vocab {vocab}, {num_classes} classes, grid {grid}")
+    model = ARPG(cfg)
+    init_arpg_weights(model)
+    ema = common.EMA(model, args.ema_decay)
+    optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.95))
+    step = common.restore_training_state(state, model, ema, optimizer) if state else 0
+    return model, ema, optimizer, step
+
+
+def train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok_path = Path(args.tokenizer)
+    tokenizer = load_tokenizer(tok_path)
+    codes, labels, names = cached_codes(tok_path, tokenizer, args.data, args.out, flips=True)
+    val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
+    val = cached_codes(tok_path, tokenizer, val_dir, args.out, flips=False)[:2] if val_dir and val_dir.is_dir() else None
+    if len(codes) == 0:
+        raise DataError(f"no training images under {args.data}")
+    model, ema, optimizer, step = build(args, tokenizer.config.codebook_size, len(names), tokenizer.config.grid_size)
+    unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
+    print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
+          f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + step)
+    batches = common.balanced_batches(common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen)
+    progress = common.Progress(step, args.steps, args.batch_size)
+    save = lambda: common.save_checkpoint(args.out / common.CHECKPOINT_NAME, **common.training_state(
+        model, ema, optimizer, step, model.config.to_dict(), class_names=names))
+    model.train()
+    with common.StopFlag() as flag:
+        while step < args.steps and not flag.stop:
+            idx = next(batches)
+            common.set_lr(optimizer, common.lr_at(step, args.lr, args.warmup, args.steps))
+            with common.autocast(args.bf16):
+                loss = arpg_loss(model, codes[idx], labels[idx], class_dropout=args.class_dropout, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            ema.update(model)
+            step += 1
+            progress.update(loss.item())
+            if step % args.eval_every == 0 or step == args.steps:
+                evaluate(model, ema, val, unigram, step, args, progress)
+            if step % args.sample_every == 0 or step == args.steps:
+                snapshot(model, ema, tokenizer, step, args, names)
+            if step % args.save_every == 0:
+                save()
+    save()
+    progress.close()
+    print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.steps <= 0 or args.batch_size <= 0:
+        raise SystemExit("--steps and --batch-size must be positive")
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
