@@ -7,6 +7,7 @@ frame (a VQ decode plus overlays) is left to the caller so it can skip frames wh
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,6 +55,12 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
         return mask
     image = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
     return np.asarray(image) > 0
+
+
+def run_to_end(frames: Iterator[Frame]) -> list[Image.Image]:
+    """Consume an operation's frames; -> its finished images."""
+    last = deque(frames, maxlen=1)
+    return last[0].images
 
 
 class Pipeline:
@@ -112,8 +119,9 @@ class Pipeline:
         """A partial grid [B, h, w] as one strip: pending cells greyed, `highlight` cells tinted."""
         b, h, w = tokens.shape
         filled = tokens.where(tokens != UNKNOWN, self.filler)
-        pixels = np.stack([np.asarray(im, dtype=np.float32) for im in self.decode(filled)])  # [B, H, W, 3]
-        up = lambda m: m.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2).numpy()[..., None]  # cells -> pixels
+        pixels = np.stack([np.asarray(im, dtype=np.float32) for im in self.decode(filled)])  # [B,H,W,3]
+        # cells -> pixels: [B, h, w] -> [B, H, W, 1]
+        up = lambda m: m.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2).numpy()[..., None]
         pending = up(tokens == UNKNOWN)
         pixels = np.where(pending, 0.25 * pixels + 0.75 * PENDING_RGB, pixels)
         if highlight is not None and highlight.numel():
@@ -160,13 +168,15 @@ class Pipeline:
 
     # ---- operations ------------------------------------------------------------------------------
     def generate(self, labels: list[int], seed: int = 0, options: SamplingOptions | None = None,
-                 grid: tuple[int, int] | None = None) -> Iterator[Frame]:
-        """One image per label; image i uses seed + i, whatever the batch."""
+                 grid: tuple[int, int] | None = None, seeds: list[int] | None = None) -> Iterator[Frame]:
+        """One image per label; image i uses seed + i (or seeds[i]), whatever the batch."""
         labels = [self.label(c) for c in labels]
+        seeds = seeds if seeds is not None else [seed + i for i in range(len(labels))]
+        if len(seeds) != len(labels):
+            raise SamplingError(f"{len(seeds)} seeds for {len(labels)} images")
         grid = grid or (self.grid, self.grid)
         canvas = Canvas(torch.full(grid, UNKNOWN), torch.zeros(grid, dtype=torch.bool))
-        events = self._sample(canvas, labels, [seed + i for i in range(len(labels))],
-                              options or SamplingOptions(), windowed=False)
+        events = self._sample(canvas, labels, seeds, options or SamplingOptions(), windowed=False)
         start = torch.full((len(labels), *grid), UNKNOWN)
         return self._frames(events, start, self.decode)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -165,7 +166,5 @@ def _decode(model, labels, known_tok, plan: StepPlan, rope, gens, opts, grid, re
 
 def generate(model: ARPG, labels, **kwargs) -> torch.Tensor:
     """Run the sampler to the end; returns the final tokens as a LongTensor [B, N] (raster)."""
-    event = None
-    for event in sample_steps(model, labels, **kwargs):
-        pass
-    return event.tokens.flatten(1)
+    last = deque(sample_steps(model, labels, **kwargs), maxlen=1)
+    return last[0].tokens.flatten(1)

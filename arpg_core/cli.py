@@ -1,0 +1,263 @@
+"""`arpg`: sample, edit and benchmark from the command line, on one CPU or many GPUs (torchrun).
+
+    arpg sample --classes all --per-class 4 --out samples/
+    torchrun --nproc_per_node=8 -m arpg_core.cli sample --classes all --per-class 50 --out fid/
+    arpg inpaint --image in.png --mask mask.png --class 3 --out out.png
+    arpg outpaint --image in.png --pad 0,8,0,8 --out wide.png
+    arpg expand --image in.png --out big.png
+    arpg bench --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arpg_core.defaults import default_model_source, default_tokenizer_source
+from arpg_core.distributed import Distributed
+from arpg_core.errors import ARPGError
+from arpg_core.imageio import ImageInputError, open_image
+from arpg_core.loading import load_model, load_tokenizer
+from arpg_core.pipeline import Pipeline, run_to_end
+from arpg_core.sampling.options import SamplingOptions
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CLIError(ARPGError):
+    """A command-line value that cannot be used; printed without a traceback."""
+
+
+# ---- shared options --------------------------------------------------------------------------
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="ARPG checkpoint: path or hf://owner/repo/file "
+                   "(default: $ARPG_MODEL or the embedded emoji model)")
+    g.add_argument("--tokenizer", default=None, help="VQ checkpoint (default: $ARPG_TOKENIZER or embedded)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
+                   help="model precision (default: bf16 on GPU, fp32 on CPU)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=64)
+    g.add_argument("--schedule", choices=["arccos", "cosine", "linear"], default="arccos")
+    g.add_argument("--cfg-scale", type=float, default=4.0)
+    g.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--order", choices=["random", "raster", "spiral", "edges-in"], default="random")
+    g.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+
+
+def sampling_options(args) -> SamplingOptions:
+    return SamplingOptions(steps=args.steps, schedule=args.schedule, cfg_scale=args.cfg_scale,
+                           cfg_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, order=args.order)
+
+
+def load_pipeline(args, device: str | None = None):
+    device = device or args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    model = load_model(args.model or default_model_source(), device=device, dtype=PRECISIONS[precision])
+    tokenizer = load_tokenizer(args.tokenizer or default_tokenizer_source(), device=device)
+    return Pipeline(model, tokenizer)
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """'all', '3', '0,2,5', '0-9' or a mix like '0-3,7'."""
+    if text.strip().lower() == "all":
+        return list(range(num_classes))
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise CLIError(f"--classes must look like 'all', '3', '0,2,5' or '0-9', got {text!r}") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad or not out:
+        raise CLIError(f"class(es) {bad or text} out of range: this model has classes 0..{num_classes - 1}")
+    return out
+
+
+def writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".arpg-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write then rename, so a crash never leaves a half-written file that a rerun would skip."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    image.save(tmp)
+    tmp.replace(path)
+
+
+# ---- sample ------------------------------------------------------------------------------------
+def cmd_sample(args) -> None:
+
+    with Distributed() as dist:
+        out = writable_dir(Path(args.out)) if dist.is_main else Path(args.out)
+        dist.barrier()
+        pipe = load_pipeline(args, device=dist.device(args.device))
+        labels = [c for c in parse_classes(args.classes, len(pipe.class_names)) for _ in range(args.per_class)]
+        opts = sampling_options(args)
+        mine = [i for i in range(len(labels)) if i % dist.world == dist.rank]
+        todo = [i for i in mine if not (out / f"{i:06d}.png").exists()]
+        bar = dist.progress(total=len(labels), initial=len(labels) - len(todo) * dist.world, desc="sampling")
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            seeds = [args.seed + i for i in chunk]
+            images = run_to_end(pipe.generate([labels[i] for i in chunk], options=opts, seeds=seeds))
+            for i, image in zip(chunk, images, strict=True):
+                save_png(image, out / f"{i:06d}.png")
+            bar.update(len(chunk) * dist.world)
+        bar.close()
+        dist.barrier()
+        if dist.is_main:
+            npz = write_npz(out, len(labels))
+            size = pipe.image_size
+            print(f"wrote {len(labels)} images and {npz} ({len(labels)} x {size} x {size} x 3 uint8)")
+
+
+def write_npz(out: Path, count: int) -> Path:
+    """The layout the ADM / guided-diffusion FID evaluator reads: arr_0, uint8 [N, H, W, 3]."""
+    arrays = [np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB")) for i in range(count)]
+    path = out / f"samples_{count}.npz"
+    np.savez(path, arr_0=np.stack(arrays).astype(np.uint8))
+    return path
+
+
+# ---- editing -----------------------------------------------------------------------------------
+def read_image(path: str) -> Image.Image:
+    try:
+        return open_image(Path(path))
+    except ImageInputError as exc:
+        raise CLIError(f"{path}: {exc}") from None
+
+
+def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
+    """White (or opaque, for images with alpha) = regenerate."""
+    with Image.open(path) as im:
+        mask = np.asarray(im.getchannel("A")) > 127 if im.mode in ("RGBA", "LA") else np.asarray(im.convert("L")) > 127
+    if mask.shape != (size[1], size[0]):
+        raise CLIError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
+    return mask
+
+
+def parse_pad(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 4
+    if len(values) != 4 or min(values) < 0:
+        raise CLIError(f"--pad takes 'top,right,bottom,left' token cells (or one number), got {text!r}")
+    return tuple(values)
+
+
+def run_edit(args, frames) -> None:
+    out = Path(args.out)
+    writable_dir(out.parent if out.suffix else out)
+    image = run_to_end(frames)[0]
+    target = out if out.suffix else out / f"{Path(args.image).stem}_{args.command}.png"
+    save_png(image, target)
+    print(f"wrote {target} ({image.width}x{image.height})")
+
+
+def cmd_inpaint(args) -> None:
+    pipe = load_pipeline(args)
+    image = read_image(args.image)
+    mask = read_mask(args.mask, image.size)
+    run_edit(args, pipe.inpaint(image, mask, args.class_, args.seed, sampling_options(args)))
+
+
+def cmd_outpaint(args) -> None:
+    pipe = load_pipeline(args)
+    run_edit(args, pipe.outpaint(read_image(args.image), parse_pad(args.pad), args.class_, args.seed,
+                                 sampling_options(args)))
+
+
+def cmd_expand(args) -> None:
+    pipe = load_pipeline(args)
+    run_edit(args, pipe.expand(read_image(args.image), args.class_, args.seed, sampling_options(args),
+                               windowed=not args.global_rope))
+
+
+def cmd_bench(args) -> None:
+    from arpg_core import bench
+
+    bench.main(args.bench_args)
+
+
+# ---- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arpg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="class-conditional samples as PNGs plus an FID .npz",
+                       description="Sample images per class. Image i (global index) uses seed + i, so the "
+                       "result does not depend on the number of processes; finished PNGs are skipped on a rerun.")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.add_argument("--classes", default="all", help="'all', '3', '0,2,5', '0-9' (default: all)")
+    p.add_argument("--per-class", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_sample)
+
+    for name, func, help_text in (("inpaint", cmd_inpaint, "regenerate the masked part of an image"),
+                                  ("outpaint", cmd_outpaint, "grow the canvas around an image"),
+                                  ("expand", cmd_expand, "twice the token grid in each direction")):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_model_args(p)
+        add_sampling_args(p)
+        p.add_argument("--image", required=True)
+        p.add_argument("--class", dest="class_", type=int, default=-1, help="class of the new content (-1 = none)")
+        p.add_argument("--out", required=True, help="output PNG path or folder")
+        if name == "inpaint":
+            p.add_argument("--mask", required=True, help="same size as the image; white/opaque = regenerate")
+        if name == "outpaint":
+            p.add_argument("--pad", required=True, help="token cells to add: top,right,bottom,left (or one number)")
+        if name == "expand":
+            p.add_argument("--global-rope", action="store_true",
+                           help="decode the whole 2x grid at once with interpolated positions instead of windows")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("bench", help="parallel vs raster decoding and KV-cache size", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("steps", "per_class", "batch_size"):
+        if getattr(args, name, 1) < 1:
+            print(f"arpg: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        args.func(args)
+    except ARPGError as exc:
+        print(f"arpg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
