@@ -153,9 +153,7 @@ def export(model: VQModel, state: dict[str, torch.Tensor], path: Path, meta: dic
     tmp.replace(path)
 
 
-def load_data(
-    args, cfg: VQConfig
-) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def load_data(args, cfg: VQConfig) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     train = ImageFolderDataset(args.data, cfg.image_size)
     images, labels = train.load_all()
     val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
@@ -165,14 +163,15 @@ def load_data(
 
 def run_eval(model, ema, val, step, args, progress) -> None:
     ema_model = ema.module(model)
-    psnr_ema, recon = evaluate(ema_model, val, args.bf16)
-    psnr_raw, _ = evaluate(model, val, args.bf16)
+    psnr_ema, recon_ema = evaluate(ema_model, val, args.bf16)
+    psnr_raw, recon_raw = evaluate(model, val, args.bf16)
+    use_ema = psnr_ema >= psnr_raw  # early on the EMA lags; show and export whichever is better now
+    recon = recon_ema if use_ema else recon_raw
     record = {"step": step, "time": time.time(), "val_psnr_ema": psnr_ema, "val_psnr": psnr_raw}
     common.log_jsonl(args.out / "eval.jsonl", record)
     progress.write(f"[eval] step {step}: val PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
     n = min(8, len(val))
     save_sheet(args.out / "samples" / f"step_{step:06d}.png", val[:n], recon[:n])
-    use_ema = psnr_ema >= psnr_raw  # early on the EMA lags; export whichever is better now
     state = ema.shadow if use_ema else model.state_dict()
     meta = {
         "step": str(step),
@@ -208,15 +207,11 @@ def train(args: argparse.Namespace) -> int:
         flush=True,
     )
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
-    batches = common.balanced_batches(
-        common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen
-    )
+    batches = common.balanced_batches(common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen)
     tracker, progress = CodeTracker(cfg.codebook_size), common.Progress(step, args.steps, args.batch_size)
     save = lambda: common.save_checkpoint(
         args.out / common.CHECKPOINT_NAME,
-        **common.training_state(
-            model, ema, optimizer, step, cfg.to_dict(), args=vars(args) | {"out": str(args.out)}
-        ),
+        **common.training_state(model, ema, optimizer, step, cfg.to_dict(), args=vars(args) | {"out": str(args.out)}),
     )
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
@@ -232,9 +227,7 @@ def train(args: argparse.Namespace) -> int:
             progress.update(logs["loss"], usage=tracker.usage())
             if step % args.reinit_every == 0:
                 usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen)
-                common.log_jsonl(
-                    args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead}
-                )
+                common.log_jsonl(args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead})
             if val is not None and (step % args.eval_every == 0 or step == args.steps):
                 run_eval(model, ema, val, step, args, progress)
             if step % args.save_every == 0:
