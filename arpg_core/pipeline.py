@@ -148,13 +148,17 @@ class Pipeline:
     def _frames(self, events, start: torch.Tensor, finish) -> Iterator[Frame]:
         step_map = torch.where(start == UNKNOWN, -1, 0)
         yield Frame(0, 0, start.clone(), None, step_map.clone())
-        event = None
+        frame = None
         for event in events:
             b = event.tokens.shape[0]
             step_map.view(b, -1).scatter_(1, event.positions.cpu(), event.step + 1)
             tokens = event.tokens.cpu()
-            yield Frame(event.step + 1, event.num_steps, tokens, event.positions.cpu(), step_map.clone(),
-                        finish(tokens) if event.done or event.step + 1 == event.num_steps else None)
+            frame = Frame(event.step + 1, event.num_steps, tokens, event.positions.cpu(), step_map.clone(),
+                          finish(tokens) if event.done else None)
+            yield frame
+        if frame is not None and frame.images is None:  # the plan ended early: still deliver results
+            frame.images = finish(frame.tokens)
+            yield frame
 
     def _sample(self, canvas: Canvas, labels: list[int], seeds: list[int], options: SamplingOptions,
                 windowed: bool) -> Iterator:

@@ -132,3 +132,21 @@ def test_bad_options_are_typed_errors(model):
     full = torch.ones(6, 6, dtype=torch.bool)
     with pytest.raises(SamplingError):
         generate(model, [0], known_tokens=torch.zeros(6, 6), known_mask=full)
+
+
+def test_windowed_canvas_decodes_everything_once(model):
+    from arpg_core.sampling.editing import outpaint_canvas, plan_windows, sample_windowed
+    from arpg_core.sampling.options import SamplingOptions
+
+    g = model.config.grid_size
+    source = torch.randint(0, model.config.vocab_size, (g, g))
+    canvas = outpaint_canvas(source, (2, 5, 1, 3))  # 9 x 14 cells, larger than the 6 x 6 window
+    windows = plan_windows(canvas.known_mask, g, g // 2)
+    assert all(h <= g and w <= g for _, _, h, w in windows)
+    events = list(sample_windowed(model, [1], canvas, generator=seeds(0), options=SamplingOptions(steps=5)))
+    assert [e.step for e in events] == list(range(events[-1].num_steps)) and events[-1].done
+    decoded = torch.cat([e.positions for e in events], dim=1)[0]
+    unknown = torch.nonzero(~canvas.known_mask.flatten()).flatten()
+    assert sorted(decoded.tolist()) == unknown.tolist()
+    final = events[-1].tokens[0]
+    assert torch.equal(final[2:2 + g, 3:3 + g], source) and (final != UNKNOWN).all()

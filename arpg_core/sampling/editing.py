@@ -7,12 +7,13 @@ these helpers only build the (known_tokens, known_mask) pair, or split a big can
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from arpg_core.errors import SamplingError
 from arpg_core.models.arpg import ARPG
+from arpg_core.sampling.options import SamplingOptions
 from arpg_core.sampling.plan import scaled_steps
 from arpg_core.sampling.sampler import UNKNOWN, StepEvent, make_generators, sample_steps
 
@@ -96,6 +97,8 @@ def sample_windowed(
     sees the tokens already fixed inside it at local positions (always in the trained range)."""
     g = model.config.grid_size
     stride = stride or max(1, g // 2)
+    # Windows always sit inside the trained grid: no position interpolation.
+    opts = replace(options.pop("options", None) or SamplingOptions(**options), rope_interpolation=False)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     batch = labels.shape[0]
     gens = make_generators(generator, batch)
@@ -103,14 +106,13 @@ def sample_windowed(
     known = canvas.known_mask.clone()
     windows = plan_windows(known, g, stride)
     step_base = 0
-    total = _total_steps(windows, known, options.get("steps", 64), g)
+    total = _total_steps(windows, known, opts.steps)
     for r, c, bh, bw in windows:
         local_known = known[r:r + bh, c:c + bw]
         sub = grid[:, r:r + bh, c:c + bw]
-        opts = {**options, "rope_interpolation": False}
         event = None
         for event in sample_steps(model, labels, known_tokens=sub, known_mask=local_known.expand(batch, bh, bw),
-                                  generator=gens, **opts):
+                                  generator=gens, options=opts):
             lr, lc = event.positions // bw, event.positions % bw
             positions = (lr + r) * canvas.grid[1] + (lc + c)
             full = grid.clone()
@@ -122,7 +124,7 @@ def sample_windowed(
         step_base += event.num_steps
 
 
-def _total_steps(windows, known: torch.Tensor, steps: int, g: int) -> int:
+def _total_steps(windows, known: torch.Tensor, steps: int) -> int:
     known = known.clone()
     total = 0
     for r, c, bh, bw in windows:

@@ -1,0 +1,126 @@
+"""The `arpg` command line on the embedded model: torchrun parity, resume, npz layout, editing."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--steps", "8"]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def arpg(*args, check=True, timeout=300):
+    out = subprocess.run([sys.executable, "-m", "arpg_core.cli", *args], capture_output=True, text=True,
+                         env=env(), timeout=timeout, cwd=ROOT)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["sample", "--classes", "0-2", "--per-class", "2", "--batch-size", "1", *FAST]
+    arpg(*common, "--out", str(one))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "arpg_core.cli", *common,
+                          "--out", str(two)], capture_output=True, text=True, env=env(), timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert pngs(one) == pngs(two) == [f"{i:06d}.png" for i in range(6)]
+    for name in pngs(one):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    data = np.load(one / "samples_6.npz")
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (6, 64, 64, 3)
+    assert np.array_equal(data["arr_0"], np.load(two / "samples_6.npz")["arr_0"])
+    # different classes and seeds give different images
+    assert not np.array_equal(data["arr_0"][0], data["arr_0"][2])
+
+
+def test_killed_run_resumes_without_redoing(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "arpg_core.cli", "sample", "--classes", "all", "--per-class", "2",
+           "--batch-size", "1", *FAST, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while len(pngs(out) if out.exists() else []) < 4 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    done = {name: (out / name).stat().st_mtime_ns for name in pngs(out)}
+    assert 4 <= len(done) < 18, "the run should have been killed half-way"
+    arpg("sample", "--classes", "all", "--per-class", "2", "--batch-size", "1", *FAST, "--out", str(out))
+    assert pngs(out) == [f"{i:06d}.png" for i in range(18)]
+    for name, mtime in done.items():
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was redone"
+    assert np.load(out / "samples_18.npz")["arr_0"].shape == (18, 64, 64, 3)
+
+
+def make_image(path: Path, size=(64, 64)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    array[:, : size[0] // 2] = (30, 144, 255)
+    Image.fromarray(array).save(path)
+    return array
+
+
+def test_editing_commands_keep_known_pixels(tmp_path):
+    src = make_image(tmp_path / "in.png", (80, 64))
+    mask = np.zeros((64, 80), np.uint8)
+    mask[16:40, 20:50] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    arpg("inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--class", "0",
+         *FAST, "--out", str(tmp_path / "inpainted.png"))
+    result = np.asarray(Image.open(tmp_path / "inpainted.png"))
+    assert result.shape == src.shape
+    far = np.ones((64, 80), bool)
+    far[8:48, 12:58] = False  # the mask plus its feathered rim
+    assert np.array_equal(result[far], src[far])
+    assert not np.array_equal(result[16:40, 20:50], src[16:40, 20:50])
+
+    arpg("outpaint", "--image", str(tmp_path / "in.png"), "--pad", "0,4,0,4", *FAST,
+         "--out", str(tmp_path / "wide.png"))
+    wide = np.asarray(Image.open(tmp_path / "wide.png"))
+    assert wide.shape[0] == 64 and wide.shape[1] > 80
+    left = round(4 * 4 * 80 / 64)  # 4 cells of 4 px at the image's scale of 80/64
+    assert np.array_equal(wide[:, left:left + 80], src)
+
+    arpg("expand", "--image", str(tmp_path / "in.png"), *FAST, "--out", str(tmp_path / "big.png"))
+    assert Image.open(tmp_path / "big.png").size == (128, 104)
+
+
+def test_clear_errors(tmp_path):
+    make_image(tmp_path / "in.png")
+    Image.new("L", (10, 10)).save(tmp_path / "small_mask.png")
+    cases = [
+        (["sample", "--classes", "99", "--out", str(tmp_path / "x")], "out of range"),
+        (["sample", "--classes", "a-b", "--out", str(tmp_path / "x")], "--classes"),
+        (["sample", "--out", "/proc/forbidden/out"], "cannot write"),
+        (["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "small_mask.png"),
+          "--out", str(tmp_path / "o.png")], "10x10 but the image is 64x64"),
+        (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "1,2", "--out", str(tmp_path / "o.png")],
+         "--pad"),
+        (["expand", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o.png")], "no such image"),
+    ]
+    for args, message in cases:
+        out = arpg(*args, check=False)
+        assert out.returncode == 2, args
+        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("command", ["sample", "inpaint", "outpaint", "expand"])
+def test_help_for_every_subcommand(command):
+    out = arpg(command, "--help")
+    assert "--steps" in out.stdout and "--model" in out.stdout
