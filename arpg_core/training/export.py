@@ -1,0 +1,54 @@
+"""Copy trained runs into assets/ as the embedded model, with its sample sheet.
+
+    python -m arpg_core.training.export --vq runs/vq-emoji/vq.safetensors \
+        --arpg runs/arpg-emoji/arpg.safetensors --assets assets
+
+Writes vq_emoji.safetensors (float32), arpg_emoji.safetensors (bfloat16, class names in the
+metadata) and samples_emoji.png (one row per class, 64 steps, CFG 4), and checks each file
+stays under the 9.5 MB a Space accepts without LFS.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from arpg_core.errors import CheckpointError
+from arpg_core.loading import load_model, load_tokenizer, save_checkpoint
+from arpg_core.training.train_arpg import sample_sheet
+
+MAX_FILE_BYTES = int(9.5 * 1024 * 1024)
+
+
+def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -> dict[str, int]:
+    tokenizer = load_tokenizer(vq_source)
+    model = load_model(arpg_source)
+    if not model.class_names:
+        raise CheckpointError(f"{arpg_source} carries no class names; export it from train_arpg")
+    files = {
+        "vq_emoji.safetensors": save_checkpoint(tokenizer, assets / "vq_emoji.safetensors"),
+        "arpg_emoji.safetensors": save_checkpoint(model, assets / "arpg_emoji.safetensors", dtype=torch.bfloat16),
+    }
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
+    if too_big:
+        raise CheckpointError(f"files over 9.5 MB: {too_big}")
+    sample_sheet(model, tokenizer, assets / "samples_emoji.png", per_class=per_class)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vq", required=True)
+    p.add_argument("--arpg", required=True)
+    p.add_argument("--assets", type=Path, default=Path("assets"))
+    p.add_argument("--per-class", type=int, default=8)
+    args = p.parse_args(argv)
+    for name, size in export(args.vq, args.arpg, args.assets, args.per_class).items():
+        print(f"{name}: {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

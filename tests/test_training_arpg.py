@@ -1,0 +1,39 @@
+import json
+
+import torch
+
+import arpg_core
+from arpg_core.training import common
+from arpg_core.training.export import export
+from arpg_core.training.train_arpg import main
+from tests.test_training_vq import _make_folder
+
+TINY = dict(dim=64, n_layer=2, n_head=1, vocab_size=64, num_classes=2, grid_size=16, multiple_of=32)
+
+
+def test_train_resume_export(tmp_path):
+    data = _make_folder(tmp_path)
+    torch.manual_seed(0)
+    vq_path = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "vq.safetensors")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    args = f"--data {data} --tokenizer {vq_path} --config {config} --out {out} --batch-size 4".split()
+    args += "--eval-every 3 --sample-every 5 --save-every 100 --warmup 1 --threads 1".split()
+    main(args + ["--steps", "3"])
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 3
+    main(args + ["--steps", "5"])
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 5
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 5]
+    assert all(e["val_loss"] > 0 and e["unigram_loss"] > 0 for e in evals)
+    assert (out / "samples" / "step_000005.png").exists()
+    model = arpg_core.load_model(out / "arpg.safetensors")
+    assert model.class_names == ["0_red", "1_blue"] and model.config.vocab_size == 64
+    # 8 images (4 per class) plus their flipped copies were tokenised once and cached
+    assert len(list(out.glob("codes_train_*_flip.pt"))) == 1
+
+    sizes = export(str(vq_path), str(out / "arpg.safetensors"), tmp_path / "assets", per_class=2)
+    assert set(sizes) == {"vq_emoji.safetensors", "arpg_emoji.safetensors"}
+    assert arpg_core.load_model(tmp_path / "assets" / "arpg_emoji.safetensors").class_names == ["0_red", "1_blue"]
+    assert (tmp_path / "assets" / "samples_emoji.png").exists()
