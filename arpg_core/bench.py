@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from arpg_core.loading import build_model
+from arpg_core.defaults import EMBEDDED_MODEL, EMBEDDED_TOKENIZER
+from arpg_core.loading import build_model, load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.plan import tokens_per_step
 from arpg_core.sampling.sampler import generate
@@ -67,6 +68,28 @@ def cache_case(name: str, config: ARPGConfig, steps: int, dtype: torch.dtype, ba
             "raster_kv_cache_bytes": raster, "kv_ratio": round(ours / raster, 3)}
 
 
+def embedded_case(device: str, repeats: int) -> dict | None:
+    """The shipped emoji model: load time of both files, and one image end to end (64 steps, CFG)."""
+    if not (EMBEDDED_MODEL.exists() and EMBEDDED_TOKENIZER.exists()):
+        return None
+    t0 = time.perf_counter()
+    model = load_model(EMBEDDED_MODEL, device=device)
+    tokenizer = load_tokenizer(EMBEDDED_TOKENIZER, device=device)
+    load_s = time.perf_counter() - t0
+    g = model.config.grid_size
+    times = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        tokens = generate(model, [r % model.config.num_classes], steps=64, cfg_scale=4.0, generator=[
+            torch.Generator().manual_seed(r)])
+        with torch.inference_mode():
+            tokenizer.decode(tokens.view(1, g, g))
+        if r:
+            times.append(time.perf_counter() - t0)
+    return {"case": f"embedded/{device}", "batch": 1, "steps": 64, "cfg_scale": 4.0,
+            "s_per_image_with_decode": round(statistics.median(times), 4), "load_s": round(load_s, 3)}
+
+
 def run(quick: bool, device: str, dtype: torch.dtype) -> list[dict]:
     torch.manual_seed(0)
     rows = []
@@ -82,6 +105,9 @@ def run(quick: bool, device: str, dtype: torch.dtype) -> list[dict]:
         large = build_model("ARPG-L", device=dev).to(dtype).eval()
         for batch in (1, 16):
             rows.append(speed_case(f"ARPG-L/{device}", large, batch, 64, repeats, cfg_scale=4.0))
+    embedded = embedded_case(device, repeats)
+    if embedded:
+        rows.append(embedded)
     for name in ("ARPG-L", "ARPG-XL", "ARPG-XXL"):
         rows.append(cache_case(name, ARPGConfig.from_name(name), 64, torch.bfloat16))
     return rows
