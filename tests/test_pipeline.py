@@ -1,0 +1,127 @@
+"""Pixel pipeline and image input on tiny random models (fast, no assets needed)."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import arpg_core
+from arpg_core.imageio import ImageInputError, open_image
+from arpg_core.pipeline import Pipeline, cell_grid, run_to_end
+from arpg_core.sampling.options import SamplingOptions
+
+FAST = SamplingOptions(steps=6)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    vq = arpg_core.build_tokenizer("VQ-tiny").eval()  # 32 px, 2 px per token, 64 codes
+    model = arpg_core.build_model(dict(dim=64, n_layer=2, n_head=1, vocab_size=64, num_classes=3,
+                                       grid_size=16, multiple_of=32)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return Pipeline(model, vq, class_names=["a", "b", "c"])
+
+
+def picture(w=40, h=30) -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_generate_frames_and_seeds(pipe):
+    frames = list(pipe.generate([0, 2], seed=5, options=FAST))
+    assert frames[0].step == 0 and (frames[0].tokens == arpg_core.UNKNOWN).all()
+    assert [f.step for f in frames[1:]] == list(range(1, 7)) and frames[-1].done
+    assert all(f.images is None for f in frames[:-1]) and len(frames[-1].images) == 2
+    assert frames[-1].step_map.min() >= 1 and frames[-1].step_map.max() == 6
+    # image 1 of a batch seeded 5 equals image 0 of a batch seeded 6
+    alone = run_to_end(pipe.generate([2], seed=6, options=FAST))[0]
+    assert np.array_equal(np.asarray(alone), np.asarray(frames[-1].images[1]))
+    strip = pipe.render(frames[3].tokens, frames[3].positions, scale=2)
+    assert strip.size == (2 * (2 * 32 + 1), 64)
+
+
+def test_inpaint_keeps_unmasked_pixels(pipe):
+    image = picture()
+    mask = np.zeros((30, 40), bool)
+    mask[10:18, 12:26] = True
+    out = np.asarray(run_to_end(pipe.inpaint(image, mask, 1, seed=0, options=FAST))[0])
+    assert out.shape == (30, 40, 3)
+    far = np.ones_like(mask)
+    far[4:24, 6:32] = False
+    assert np.array_equal(out[far], np.asarray(image)[far])
+    assert not np.array_equal(out[mask], np.asarray(image)[mask])
+
+
+def test_inpaint_whole_image_and_bad_masks(pipe):
+    image = picture()
+    out = run_to_end(pipe.inpaint(image, np.ones((30, 40), bool), 0, options=FAST))[0]
+    assert out.size == (40, 30)
+    with pytest.raises(arpg_core.SamplingError, match="empty"):
+        next(iter(pipe.inpaint(image, np.zeros((30, 40), bool), 0)))
+    with pytest.raises(arpg_core.SamplingError, match="mask is"):
+        pipe.inpaint(image, np.ones((5, 5), bool), 0)
+
+
+def test_outpaint_contains_original(pipe):
+    image = picture()
+    frames = list(pipe.outpaint(image, (2, 3, 1, 4), 2, seed=1, options=FAST))
+    out = np.asarray(frames[-1].images[0])
+    rows, cols = cell_grid(40, 30, 16)
+    fx, fy = 40 / (cols * 2), 30 / (rows * 2)
+    top, left = round(2 * 2 * fy), round(4 * 2 * fx)
+    assert np.array_equal(out[top:top + 30, left:left + 40], np.asarray(image))
+    assert out.shape[0] > 30 and out.shape[1] > 40
+    big = list(pipe.outpaint(image, (0, 12, 0, 12), 0, options=FAST))  # wider than 16 cells: windowed
+    assert big[-1].tokens.shape[-1] == 16 + 24 and big[-1].done
+    with pytest.raises(arpg_core.SamplingError, match="limit"):
+        pipe.outpaint(image, (0, 40, 0, 0), 0)
+    with pytest.raises(arpg_core.SamplingError, match="zero"):
+        pipe.outpaint(image, (0, 0, 0, 0), 0)
+
+
+def test_expand_doubles_the_grid(pipe):
+    image = picture(32, 32)
+    for windowed in (True, False):
+        frames = list(pipe.expand(image, 0, options=FAST, windowed=windowed))
+        assert frames[-1].images[0].size == (64, 64)
+        source = pipe.encode(image, (16, 16))
+        assert torch.equal(frames[-1].tokens[0, ::2, ::2], source)
+
+
+def test_unknown_class(pipe):
+    with pytest.raises(arpg_core.SamplingError, match="class 7"):
+        pipe.generate([7])
+
+
+def encoded(image: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_open_image_modes_and_orientation():
+    rgb = Image.new("RGB", (8, 4), (10, 20, 30))
+    for mode in ("L", "P", "CMYK", "RGBA", "LA", "1", "I;16", "I", "F"):
+        out = open_image(encoded(rgb.convert(mode), "TIFF" if mode in ("CMYK", "F", "I") else "PNG"))
+        assert out.mode == "RGB" and out.size == (8, 4), mode
+    sixteen = Image.fromarray(np.full((4, 8), 65535, np.uint16))
+    assert np.asarray(open_image(encoded(sixteen)))[0, 0].tolist() == [255, 255, 255]
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(open_image(encoded(clear)))[0, 0].tolist() == [255, 255, 255]  # transparency -> white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: a portrait photo stored landscape
+    rotated = open_image(encoded(rgb, "JPEG", exif=exif.tobytes()))
+    assert rotated.size == (4, 8)
+
+
+def test_open_image_refuses_bad_input():
+    with pytest.raises(ImageInputError, match="not an image"):
+        open_image(b"definitely not an image")
+    with pytest.raises(ImageInputError, match="corrupt or truncated"):
+        open_image(encoded(picture(), "PNG")[:200])
+    with pytest.raises(ImageInputError, match="limit"):
+        open_image(encoded(Image.new("RGB", (300, 300))), max_pixels=10_000)
