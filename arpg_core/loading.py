@@ -52,8 +52,8 @@ def _hub_file(uri: str) -> Path:
     if len(parts) < 3 or not all(parts):
         raise CheckpointError(f"hub sources look like hf://owner/repo/filename, got {uri!r}")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))

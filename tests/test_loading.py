@@ -10,7 +10,6 @@ import arpg_core
 from arpg_core import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    HubUnavailableError,
     ShapeMismatchError,
     UnsafeCheckpointError,
 )

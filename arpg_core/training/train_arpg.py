@@ -160,7 +160,9 @@ def train(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(tok_path)
     codes, labels, names = cached_codes(tok_path, tokenizer, args.data, args.out, flips=True)
     val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
-    val = cached_codes(tok_path, tokenizer, val_dir, args.out, flips=False)[:2] if val_dir and val_dir.is_dir() else None
+    val = None
+    if val_dir and val_dir.is_dir():
+        val = cached_codes(tok_path, tokenizer, val_dir, args.out, flips=False)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
     model, ema, optimizer, step = build(args, tokenizer.config.codebook_size, len(names), tokenizer.config.grid_size)
