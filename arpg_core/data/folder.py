@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from arpg_core.errors import DataError
+from arpg_core.imageio import ImageInputError, open_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
@@ -21,18 +22,13 @@ def _images_in(folder: Path) -> list[Path]:
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """-> RGB float tensor [3, size, size] in [-1, 1]: resize shorter side, centre crop."""
-    with Image.open(path) as im:
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, im).convert("RGB")  # transparent -> white, as the emoji set
-        scale = size / min(im.size)
-        w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-        if (w, h) != im.size:
-            im = im.resize((w, h), Image.BICUBIC if scale > 1 else Image.LANCZOS)
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        array = np.asarray(im, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+    im = open_image(path)  # transparent -> white (as the emoji set), EXIF rotation, any mode
+    scale = size / min(im.size)
+    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.BICUBIC if scale > 1 else Image.LANCZOS)
+    left, top = (w - size) // 2, (h - size) // 2
+    return to_tensor(im.crop((left, top, left + size, top + size)))
 
 
 class ImageFolderDataset(Dataset):
@@ -70,7 +66,7 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[index]
         try:
             return load_image(path, self.size), label
-        except OSError as exc:
+        except (OSError, ImageInputError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
 
     def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
