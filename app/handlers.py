@@ -1,0 +1,393 @@
+"""Event handlers: each one is a call into `arpg_core.Pipeline` plus conversion to PIL.
+
+Runs are generators that yield a rendered frame per decoding step (throttled), then the results.
+The token grids of every step are kept in a `Run`, so the step slider can re-render any step later
+without sampling again; the frames as streamed, with their timing, become the GIF.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from app.models import ModelCache
+from app.outpaint_frame import frame_value
+from arpg_core.errors import ARPGError, HubUnavailableError
+from arpg_core.imageio import open_image
+from arpg_core.pipeline import Frame, Pipeline
+from arpg_core.sampling.options import SamplingOptions
+
+log = logging.getLogger("arpg.app")
+
+FRAME_INTERVAL = 0.08  # seconds between rendered frames; the first and the last always go out
+DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
+UNCONDITIONAL = -1
+MAX_IMAGES = 4  # per generate call
+
+try:  # on a ZeroGPU Space the runs borrow a GPU; elsewhere this is a no-op
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:
+
+    def gpu(fn):
+        return fn
+
+
+def user_errors(fn):
+    """Turn the errors a user can cause into a plain `gr.Error` message (never a traceback)."""
+
+    def convert(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, (ARPGError, ValueError)):
+            return gr.Error(str(exc))
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return gr.Error("out of GPU memory: try fewer images or a smaller canvas")
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"something went wrong ({type(exc).__name__}); the details are in the server log")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise convert(exc) from None
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise convert(exc) from None
+
+    return call
+
+
+@dataclass
+class Run:
+    """One finished (or stopped) run: enough to re-render any of its steps, and the frames shown."""
+
+    model: str
+    scale: int
+    tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] per step, UNKNOWN = pending
+    positions: list[torch.Tensor | None] = field(default_factory=list)  # [B, n] decoded at that step
+    step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
+    shown: list[tuple[float, Image.Image]] | None = field(default_factory=list)  # (time, frame) as streamed
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.tokens) - 1
+
+    def add(self, frame: Frame) -> None:
+        if len(self.tokens) > frame.step:  # the same step again (results delivered after an early end)
+            del self.tokens[frame.step :], self.positions[frame.step :]
+        self.tokens.append(frame.tokens)
+        self.positions.append(frame.positions)
+        self.step_map = frame.step_map
+
+
+def counter_html(step: int, total: int, note: str = "") -> str:
+    pct = 100 * step / max(total, 1)
+    text = f"Step <b>{step}</b> / {total}" if total else "Starting…"
+    return (
+        f'<div class="arpg-counter"><span>{text}</span><span class="note">{note}</span>'
+        f'<div class="bar"><i style="width:{pct:.1f}%"></i></div></div>'
+    )
+
+
+def display_scale(pipeline: Pipeline, grid_hw: tuple[int, int]) -> int:
+    return max(1, DISPLAY_PX // (max(grid_hw) * pipeline.cell))
+
+
+def sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order) -> SamplingOptions:
+    top_k = int(top_k) if top_k else None  # 0 = off
+    top_p = float(top_p) if top_p is not None and float(top_p) < 1 else None  # 1 = off
+    return SamplingOptions(
+        steps=int(steps),
+        schedule=schedule,
+        cfg_scale=float(cfg_scale),
+        cfg_schedule=cfg_schedule,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+        order=order,
+    )
+
+
+def mask_from_layers(layers: list, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] bool: every pixel any brush layer painted, read from the layers' alpha (not colour)."""
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers or []:
+        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
+        if "A" not in layer.getbands():
+            continue
+        alpha = layer.getchannel("A")
+        if alpha.size != size:
+            alpha = alpha.resize(size, Image.NEAREST)
+        mask |= np.asarray(alpha) > 0
+    return mask
+
+
+class Studio:
+    """Holds the loaded pipelines; every handler is a call into one of them."""
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+        self.gif_dir = Path(tempfile.mkdtemp(prefix="arpg-gif-"))
+        self._blanks: dict[tuple, Image.Image] = {}  # the all-pending first frame, per model and shape
+
+    # ---- models and classes ----------------------------------------------------------------
+    @property
+    def default_model(self) -> str:
+        return self.cache.default
+
+    def pipeline(self, model: str | None) -> Pipeline:
+        return self.cache.get(model)
+
+    def class_choices(self, model: str | None = None) -> list[tuple[str, int]]:
+        names = self.pipeline(model).class_names
+        if len(names) > 50:  # ImageNet: the index helps tell the two "crane"s apart
+            choices = [(f"{i} · {name}", i) for i, name in enumerate(names)]
+        else:
+            choices = [(name, i) for i, name in enumerate(names)]
+        return choices + [("(no class: unconditional)", UNCONDITIONAL)]
+
+    def model_status(self, model: str) -> str:
+        spec, pipe = self.cache.specs[model], self.pipeline(model)
+        return (
+            f"**{model}**: {spec.about}. {pipe.grid}×{pipe.grid} tokens, {pipe.image_size} px, "
+            f"{len(pipe.class_names)} classes, on {pipe.device.type}."
+        )
+
+    def switch_model(self, model: str, current: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        """-> (model picker, active model, class picker, CFG scale, status). Offline: stay put."""
+        try:
+            if not self.cache.is_loaded(model):
+                progress(0, desc=f"Loading {model}…")
+            self.pipeline(model)
+        except HubUnavailableError as exc:
+            log.warning("cannot load %s: %s", model, exc)
+            gr.Warning(f"{model} needs a download, but the hub cannot be reached. Staying on {current}.")
+            return current, current, gr.skip(), gr.skip(), gr.skip()
+        except ARPGError as exc:
+            gr.Warning(f"{model} could not be loaded ({exc}). Staying on {current}.")
+            return current, current, gr.skip(), gr.skip(), gr.skip()
+        choices = self.class_choices(model)
+        return (
+            model,
+            model,
+            gr.update(choices=choices, value=choices[0][1]),
+            self.cache.specs[model].cfg_scale,
+            self.model_status(model),
+        )
+
+    # ---- streaming --------------------------------------------------------------------------
+    def _stream(self, pipeline: Pipeline, frames: Iterator[Frame], model: str, blank: bool = False):
+        """-> (frame image, counter, Run, final images or None), throttled to FRAME_INTERVAL.
+        blank: the first frame is all pending (generation), so its picture can be reused."""
+        run, last = None, 0.0
+        try:
+            for frame in frames:
+                if run is None:
+                    run = Run(model, display_scale(pipeline, tuple(frame.tokens.shape[-2:])))
+                run.add(frame)
+                if frame.done or frame.step == 0 or time.monotonic() - last >= FRAME_INTERVAL:
+                    if blank and frame.step == 0:
+                        image = self._blank(pipeline, frame, model, run.scale)
+                    else:
+                        image = pipeline.render(frame.tokens, frame.positions, run.scale)
+                    last = time.monotonic()  # measured after the render, so rendering stays a minority
+                    run.shown.append((last, image))
+                    counter = counter_html(frame.step, frame.num_steps, "done" if frame.done else "")
+                    yield image, counter, run, frame.images
+        finally:
+            frames.close()  # a stopped run frees its KV cache now, not at garbage collection
+            if pipeline.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _blank(self, pipeline: Pipeline, frame: Frame, model: str, scale: int) -> Image.Image:
+        key = (model, tuple(frame.tokens.shape), scale)
+        if key not in self._blanks:
+            self._blanks[key] = pipeline.render(frame.tokens, None, scale)
+        return self._blanks[key]
+
+    # ---- the four endpoints -------------------------------------------------------------------
+    @gpu
+    @user_errors
+    def generate(
+        self,
+        label=0,
+        seed=0,
+        num_images=1,
+        steps=32,
+        cfg_scale=4.0,
+        cfg_schedule="constant",
+        schedule="arccos",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        order="random",
+        model=None,
+    ):
+        pipeline = self.pipeline(model)
+        options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
+        if not 1 <= int(num_images) <= MAX_IMAGES:
+            raise gr.Error(f"Number of images must be between 1 and {MAX_IMAGES}.")
+        labels = [self._label(label)] * int(num_images)
+        frames = pipeline.generate(labels, seed=int(seed or 0), options=options)
+        for i, (image, counter, run, results) in enumerate(self._stream(pipeline, frames, model, blank=True)):
+            yield (results or (None if i == 0 else gr.skip())), image, counter, run
+
+    @gpu
+    @user_errors
+    def inpaint(
+        self,
+        editor=None,
+        label=0,
+        seed=0,
+        steps=32,
+        cfg_scale=4.0,
+        cfg_schedule="constant",
+        schedule="arccos",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        order="random",
+        model=None,
+    ):
+        if not editor or editor.get("background") is None:
+            raise gr.Error("Upload an image (or pick an example) and paint the region to change.")
+        image = open_image(editor["background"])
+        mask = mask_from_layers(editor.get("layers"), image.size)
+        if not mask.any():
+            raise gr.Error("The mask is empty: paint over the region to regenerate with the brush.")
+        pipeline = self.pipeline(model)
+        options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
+        frames = pipeline.inpaint(image, mask, self._label(label), seed=int(seed or 0), options=options)
+        yield from self._edit(pipeline, frames, model)
+
+    @gpu
+    @user_errors
+    def outpaint(
+        self,
+        image=None,
+        top=4,
+        right=4,
+        bottom=4,
+        left=4,
+        label=0,
+        seed=0,
+        steps=32,
+        cfg_scale=4.0,
+        cfg_schedule="constant",
+        schedule="arccos",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        order="random",
+        model=None,
+    ):
+        if image is None:
+            raise gr.Error("Upload an image (or pick an example) to outpaint.")
+        pad = tuple(int(p or 0) for p in (top, right, bottom, left))
+        pipeline = self.pipeline(model)
+        options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
+        frames = pipeline.outpaint(image, pad, self._label(label), seed=int(seed or 0), options=options)
+        yield from self._edit(pipeline, frames, model)
+
+    @gpu
+    @user_errors
+    def expand(
+        self,
+        image=None,
+        label=0,
+        seed=0,
+        steps=32,
+        cfg_scale=4.0,
+        cfg_schedule="constant",
+        schedule="arccos",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        order="random",
+        model=None,
+    ):
+        if image is None:
+            raise gr.Error("Upload an image (or pick an example) to expand.")
+        pipeline = self.pipeline(model)
+        options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
+        frames = pipeline.expand(image, self._label(label), seed=int(seed or 0), options=options)
+        yield from self._edit(pipeline, frames, model)
+
+    def _edit(self, pipeline: Pipeline, frames: Iterator[Frame], model: str | None):
+        for i, (image, counter, run, results) in enumerate(self._stream(pipeline, frames, model)):
+            yield (results[0] if results else None if i == 0 else gr.skip()), image, counter, run
+
+    @staticmethod
+    def _label(label) -> int:
+        return int(label) if label is not None else UNCONDITIONAL
+
+    # ---- after a run: replay, order map, animation ---------------------------------------------
+    @user_errors
+    def replay(self, run: Run | None, step: float):
+        if run is None or not run.tokens:
+            return gr.skip(), gr.skip()
+        step = min(max(int(step), 0), run.num_steps)
+        pipeline = self.pipeline(run.model)
+        image = pipeline.render(run.tokens[step], run.positions[step], run.scale)
+        return image, counter_html(step, run.num_steps, "replay")
+
+    @user_errors
+    def summarize(self, run: Run | None):
+        """-> (order maps, step slider, GIF file) once a run has finished or stopped."""
+        if run is None or run.step_map is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        pipeline = self.pipeline(run.model)
+        maps = [pipeline.order_map(m, run.scale) for m in run.step_map]
+        slider = gr.update(maximum=max(run.num_steps, 1), value=run.num_steps, interactive=run.num_steps > 0)
+        return maps, slider, self._gif(run)
+
+    def _gif(self, run: Run) -> str | None:
+        """The frames as they were streamed, with their real timing; the result held at the end."""
+        shown, run.shown = run.shown or [], None  # written once; the pictures are not kept
+        if not shown:
+            return None
+        times = [t for t, _ in shown]
+        durations = [max(40, round(1000 * (b - a))) for a, b in zip(times, times[1:], strict=False)] + [1500]
+        frames = [image.quantize(255, method=Image.Quantize.FASTOCTREE) for _, image in shown]
+        for old in sorted(self.gif_dir.glob("*.gif"))[:-16]:  # keep the folder small
+            old.unlink(missing_ok=True)
+        path = self.gif_dir / f"arpg-{time.time_ns()}.gif"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+        return str(path)
+
+    # ---- helpers for the editing tabs ------------------------------------------------------------
+    @user_errors
+    def frame_for(self, image, pad: tuple, model: str | None):
+        """The outpaint frame's value for a newly chosen image (None clears it)."""
+        if image is None:
+            return None
+        return frame_value(open_image(image), self.pipeline(model), pad)
+
+    @staticmethod
+    def to_editor(image):
+        """A picked result -> an ImageEditor value with no mask yet."""
+        if image is None:
+            return gr.skip()
+        return {"background": image, "layers": [], "composite": image}

@@ -1,0 +1,363 @@
+"""The Blocks layout and its events. `create_demo()` builds the app; `app.py` launches it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from app.handlers import MAX_IMAGES, Studio
+from app.inputs import SafeImage, SafeImageEditor
+from app.models import ASSETS, ModelCache, registry
+from app.outpaint_frame import OutpaintFrame
+from arpg_core.pipeline import MAX_CANVAS_CELLS
+from arpg_core.sampling.plan import CFG_SCHEDULES, ORDERS, SCHEDULES
+
+EXAMPLES = ASSETS / "examples"
+MAX_FILE_SIZE = "10mb"
+QUEUE_SIZE = 16
+LIGHT = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")  # UI helpers
+HEADER = (
+    "# ARPG Studio\nRandomized parallel autoregressive generation: each step decodes a random set of tokens "
+    "at once. Watch it assemble, then inpaint, outpaint or expand."
+)
+IDLE_COUNTER = '<div class="arpg-counter"><span class="note">Press the button to start.</span></div>'
+
+THEME = gr.themes.Soft(
+    primary_hue="violet",
+    secondary_hue="indigo",
+    neutral_hue="slate",
+    font=("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"),
+    font_mono=("ui-monospace", "SFMono-Regular", "Menlo", "monospace"),
+)
+
+CSS = """
+.arpg-header h1 { margin-bottom: 0; }
+.arpg-header p { margin-top: 4px; color: var(--body-text-color-subdued); }
+.pixelated img, .pixelated canvas { image-rendering: pixelated; }
+.arpg-view .image-container, .arpg-view .image-frame { width: 100%; height: 100%; }
+.arpg-view .image-frame img { width: 100%; height: 100%; object-fit: contain; }
+.arpg-counter { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 12px; padding: 2px 4px;
+  font-variant-numeric: tabular-nums; }
+.arpg-counter .note { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
+.arpg-counter .bar { flex-basis: 100%; height: 6px; border-radius: 3px; background: var(--neutral-200);
+  overflow: hidden; }
+.arpg-counter .bar i { display: block; height: 100%; background: var(--color-accent); transition: width .08s; }
+#dice { max-width: 3.2em; min-width: 3.2em; font-size: 1.3em; }
+.arpg-model-status p { margin: 0; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+"""
+
+
+def concurrency_limit() -> int:
+    """One run at a time on a CPU; a GPU can interleave a couple (override with ARPG_CONCURRENCY)."""
+    default = 2 if torch.cuda.is_available() else 1
+    return int(os.environ.get("ARPG_CONCURRENCY", default))
+
+
+def example_paths() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES.glob("*.png"))
+
+
+def default_editor_value() -> dict:
+    """The first example with a painted region, so Run works straight away (and over the API)."""
+    background = Image.open(EXAMPLES / "grinning.png").convert("RGBA")
+    alpha = np.zeros((background.height, background.width), dtype=np.uint8)
+    h, w = alpha.shape
+    alpha[int(h * 0.55) : int(h * 0.85), int(w * 0.25) : int(w * 0.75)] = 150  # over the mouth
+    layer = Image.new("RGBA", background.size, (255, 79, 154, 0))
+    layer.putalpha(Image.fromarray(alpha))
+    return {"background": background, "layers": [layer], "composite": Image.alpha_composite(background, layer)}
+
+
+def _sampling_controls(studio: Studio) -> list[gr.components.Component]:
+    with gr.Accordion("Sampling", open=True):
+        steps = gr.Slider(
+            1,
+            128,
+            value=32,
+            step=1,
+            label="Steps",
+            info="with known tokens (editing), fewer in proportion",
+            elem_id="steps",
+        )
+        cfg_scale = gr.Slider(
+            0, 10, value=studio.cache.specs[studio.default_model].cfg_scale, step=0.1, label="CFG scale"
+        )
+        with gr.Row():
+            cfg_schedule = gr.Dropdown(list(CFG_SCHEDULES), value="constant", label="CFG schedule", min_width=120)
+            schedule = gr.Dropdown(list(SCHEDULES), value="arccos", label="Tokens per step", min_width=120)
+        order = gr.Radio(list(ORDERS), value="random", label="Decoding order")
+        temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature")
+        with gr.Row():
+            top_k = gr.Number(0, precision=0, minimum=0, label="Top-k", info="0 = off", min_width=100)
+            top_p = gr.Number(1.0, minimum=0.01, maximum=1.0, step=0.05, label="Top-p", info="1 = off", min_width=100)
+    return [steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order]
+
+
+def _run_buttons(label: str):
+    with gr.Row():
+        run = gr.Button(label, variant="primary", scale=3)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    return run, stop
+
+
+def _view(label: str, height: int, **kwargs) -> gr.Image:
+    """A single image shown large with crisp pixels (the model's images are small)."""
+    return gr.Image(
+        label=label,
+        type="pil",
+        format="png",
+        interactive=False,
+        height=height,
+        elem_classes=["pixelated", "arpg-view"],
+        **kwargs,
+    )
+
+
+def _input_image(label: str, examples: list[str], height: int) -> SafeImage:
+    image = SafeImage(
+        value=examples[0] if examples else None,
+        type="filepath",
+        image_mode=None,
+        label=label,
+        height=height,
+        sources=("upload", "clipboard"),
+        elem_classes=["pixelated", "arpg-view"],
+    )
+    gr.Examples([[p] for p in examples], inputs=[image], label="Examples", examples_per_page=8)
+    return image
+
+
+def _live_view(prefix: str):
+    """Live frame, step counter and the replay section -> (live, counter, run, maps, slider, gif)."""
+    live = _view("Decoding", 360, elem_id=f"{prefix}-live", buttons=["download"])
+    counter = gr.HTML(IDLE_COUNTER, js_on_load=None, elem_id=f"{prefix}-counter")
+    run = gr.State(None)
+    with gr.Accordion("Decoding order and replay", open=False):
+        maps = gr.Gallery(
+            label="Order map: indigo early, yellow late, grey given",
+            format="png",
+            columns=4,
+            height=200,
+            object_fit="contain",
+            elem_classes="pixelated",
+            interactive=False,
+            elem_id=f"{prefix}-maps",
+        )
+        slider = gr.Slider(
+            0,
+            1,
+            value=0,
+            step=1,
+            label="Step",
+            interactive=False,
+            elem_id=f"{prefix}-step",
+            info="scrub back through the decoding steps",
+        )
+        gif = gr.File(label="Animation (GIF)", interactive=False, elem_id=f"{prefix}-gif")
+    return live, counter, run, maps, slider, gif
+
+
+@dataclass
+class Tab:
+    """One tab's run: its button, the inputs before the shared ones, where results go."""
+
+    name: str
+    button: gr.Button
+    stop: gr.Button
+    inputs: list
+    result: gr.components.Component
+    view: tuple  # from _live_view
+
+
+def _generate_tab() -> tuple[Tab, gr.Gallery, dict[str, gr.Button]]:
+    with gr.Tab("Generate", id="generate"), gr.Row():
+        with gr.Column(scale=1):
+            num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images")
+            button, stop = _run_buttons("Generate")
+            gallery = gr.Gallery(
+                label="Results",
+                format="png",
+                columns=2,
+                height=300,
+                object_fit="contain",
+                type="filepath",
+                elem_id="gen-results",
+                elem_classes="pixelated",
+                interactive=False,
+            )
+            with gr.Row():
+                send = {
+                    tab: gr.Button(f"{tab.capitalize()} this", size="sm") for tab in ("inpaint", "outpaint", "expand")
+                }
+        with gr.Column(scale=1):
+            view = _live_view("gen")
+    return Tab("generate", button, stop, [num_images], gallery, view), gallery, send
+
+
+def _inpaint_tab(examples: list[str]) -> Tab:
+    with gr.Tab("Inpaint", id="inpaint"), gr.Row():
+        with gr.Column(scale=1):
+            editor = SafeImageEditor(
+                value=default_editor_value(),
+                type="pil",
+                image_mode="RGBA",
+                format="png",
+                label="Paint the region to regenerate",
+                height=420,
+                elem_id="inp-editor",
+                sources=("upload", "clipboard"),
+                transforms=(),
+                layers=False,
+                brush=gr.Brush(default_size=3, colors=[("#ff4f9a", 0.6)], color_mode="fixed"),
+                eraser=gr.Eraser(default_size=3),
+                elem_classes="pixelated",
+            )
+            gr.Examples([[p] for p in examples], inputs=[editor], label="Examples", examples_per_page=8)
+            button, stop = _run_buttons("Inpaint")
+        with gr.Column(scale=1):
+            result = _view("Result", 280, elem_id="inp-result")
+            view = _live_view("inp")
+    return Tab("inpaint", button, stop, [editor], result, view)
+
+
+def _outpaint_tab(examples: list[str]) -> tuple[Tab, OutpaintFrame]:
+    with gr.Tab("Outpaint", id="outpaint"), gr.Row():
+        with gr.Column(scale=1):
+            image = _input_image("Image", examples, 180)
+            frame = OutpaintFrame(elem_id="out-frame")
+            with gr.Row():
+                pads = [
+                    gr.Number(
+                        4,
+                        precision=0,
+                        minimum=0,
+                        maximum=MAX_CANVAS_CELLS,
+                        label=side,
+                        min_width=70,
+                        elem_id=f"out-{side.lower()}",
+                    )
+                    for side in ("Top", "Right", "Bottom", "Left")
+                ]
+            button, stop = _run_buttons("Outpaint")
+        with gr.Column(scale=1):
+            result = _view("Result", 280, elem_id="out-result")
+            view = _live_view("out")
+    return Tab("outpaint", button, stop, [image, *pads], result, view), frame
+
+
+def _expand_tab(examples: list[str]) -> Tab:
+    with gr.Tab("Expand", id="expand"), gr.Row():
+        with gr.Column(scale=1):
+            image = _input_image("Image", examples, 260)
+            gr.Markdown(
+                "Twice the token grid in each direction: the image's tokens stay on every other cell "
+                "and the new ones are generated around them."
+            )
+            button, stop = _run_buttons("Expand")
+        with gr.Column(scale=1):
+            result = _view("Result", 280, elem_id="exp-result")
+            view = _live_view("exp")
+    return Tab("expand", button, stop, [image], result, view)
+
+
+def _wire_runs(studio: Studio, tabs: list[Tab], shared: list) -> None:
+    """Each tab's button streams into its view; Stop cancels whatever is running."""
+    heavy = dict(concurrency_id="model", concurrency_limit=concurrency_limit(), show_progress="minimal")
+    runs = []
+    for tab in tabs:
+        live, counter, run, maps, slider, gif = tab.view
+        inputs = [*tab.inputs, *shared] if tab.name != "generate" else [*shared[:2], *tab.inputs, *shared[2:]]
+        event = tab.button.click(
+            getattr(studio, tab.name), inputs, [tab.result, live, counter, run], api_name=tab.name, **heavy
+        )
+        event.then(studio.summarize, run, [maps, slider, gif], **LIGHT)
+        slider.input(studio.replay, [run, slider], [live, counter], trigger_mode="always_last", **LIGHT)
+        runs.append(event)
+    for tab in tabs:
+        tab.stop.click(None, None, None, cancels=runs)
+
+
+def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFrame, active: gr.State) -> None:
+    """The image, the draggable frame and the numbers stay in step; frame <-> numbers in the browser."""
+    image, *pads = tab.inputs
+    show = lambda img, *p: studio.frame_for(img, p[:4], p[4])  # noqa: E731
+    image.change(show, [image, *pads, active], frame, **LIGHT)
+    demo.load(show, [image, *pads, active], frame, **LIGHT)
+    frame.change(None, frame, pads, js="(v) => v ? [v.top, v.right, v.bottom, v.left] : [4, 4, 4, 4]")
+    to_frame = "(v, t, r, b, l) => v ? Object.assign({}, v, {top: t | 0, right: r | 0, bottom: b | 0, left: l | 0}) : v"
+    for box in pads:
+        box.input(None, [frame, *pads], frame, js=to_frame)
+
+
+def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, targets: dict) -> None:
+    """ "Inpaint this" and friends: the picked result goes to that tab's input, and the tab opens."""
+    picked = gr.State(0)
+
+    def pick(evt: gr.SelectData) -> int:
+        return evt.index
+
+    gallery.select(pick, None, picked, **LIGHT)
+
+    def sender(tab: str):
+        def send_to(images, index):
+            if not images:
+                raise gr.Error("Generate an image first.")
+            image = images[min(int(index or 0), len(images) - 1)][0]
+            return (studio.to_editor(image) if tab == "inpaint" else image), gr.Tabs(selected=tab)
+
+        return send_to
+
+    for tab, button in send.items():
+        button.click(sender(tab), [gallery, picked], [targets[tab], tabs], **LIGHT)
+
+
+def create_demo(studio: Studio | None = None) -> gr.Blocks:
+    studio = studio or Studio(ModelCache(registry()))
+    examples = example_paths()
+    with gr.Blocks(title="ARPG Studio", delete_cache=(1800, 3600)) as demo:
+        active = gr.State(studio.default_model)  # changes only once a picked model has loaded
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=3, elem_classes="arpg-header"):
+                gr.Markdown(HEADER)
+            with gr.Column(scale=2):
+                model = gr.Dropdown(
+                    list(studio.cache.specs), value=studio.default_model, label="Model", elem_id="model"
+                )
+                status = gr.Markdown(studio.model_status(studio.default_model), elem_classes="arpg-model-status")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                choices = studio.class_choices()
+                label = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True, info="type to search")
+                with gr.Row(equal_height=True):
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed", scale=4, min_width=120)
+                    dice = gr.Button("🎲", elem_id="dice", scale=0, min_width=48)
+                sampling = _sampling_controls(studio)
+            with gr.Column(scale=3), gr.Tabs() as tabs:
+                generate, gallery, send = _generate_tab()
+                inpaint = _inpaint_tab(examples)
+                outpaint, frame = _outpaint_tab(examples)
+                expand = _expand_tab(examples)
+
+        dice.click(None, None, seed, js="() => Math.floor(Math.random() * 2147483647)")
+        model.input(
+            studio.switch_model,
+            [model, active],
+            [model, active, label, sampling[1], status],
+            concurrency_id="load",
+            concurrency_limit=1,
+            api_visibility="private",
+        )
+        _wire_runs(studio, [generate, inpaint, outpaint, expand], [label, seed, *sampling, active])
+        _wire_outpaint(studio, demo, outpaint, frame, active)
+        targets = {"inpaint": inpaint.inputs[0], "outpaint": outpaint.inputs[0], "expand": expand.inputs[0]}
+        _wire_send(studio, gallery, send, tabs, targets)
+    return demo
+
+
+def launch_options() -> dict:
+    return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True)
