@@ -1,0 +1,182 @@
+"""The launched app driven through its API with gradio_client: sizes, kept pixels, streaming,
+determinism across concurrent clients, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, ImageFilter
+
+from tests.conftest import ROOT, STARTUP_BUDGET_S, TIMINGS
+
+EXAMPLES = ROOT / "assets" / "examples"
+FOX = EXAMPLES / "fox.png"  # 64 x 64, the model's native size
+WIDE = EXAMPLES / "village-wide.png"  # 96 x 64
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def call(client: Client, *args, api_name: str, **kwargs):
+    return client.submit(*args, api_name=api_name, **kwargs).result(timeout=TIMEOUT)
+
+
+def load(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def editor_value(background, mask: np.ndarray | None) -> dict:
+    """The ImageEditor payload: the mask is a layer that is white everywhere, opaque only where painted,
+    so reading colour instead of alpha would change the whole image."""
+    layers = []
+    if mask is not None:
+        layer = np.full((*mask.shape, 4), 255, dtype=np.uint8)
+        layer[..., 3] = mask * 200
+        path = ROOT / "test-artifacts" / "mask-layer.png"
+        Image.fromarray(layer, "RGBA").save(path)
+        layers = [handle_file(str(path))]
+    return {"background": handle_file(str(background)), "layers": layers, "composite": None}
+
+
+def test_ready_within_budget(app_url):
+    assert TIMINGS["startup_s"] < STARTUP_BUDGET_S, f"app.py took {TIMINGS['startup_s']:.1f} s to serve"
+
+
+def test_defaults_work_for_every_endpoint(client):
+    gallery, *_ = call(client, api_name="/generate")
+    assert [Image.open(item["image"]).size for item in gallery] == [(64, 64)]
+    assert Image.open(call(client, api_name="/inpaint")[0]).size == (64, 64)
+    assert Image.open(call(client, api_name="/outpaint")[0]).size == (96, 96)  # 4 cells of 4 px each side
+
+
+def test_every_endpoint_returns_the_right_size(client):
+    gallery, *_ = call(client, label=3, seed=5, num_images=2, steps=8, api_name="/generate")
+    assert [Image.open(item["image"]).size for item in gallery] == [(64, 64), (64, 64)]
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[20:40, 10:30] = True
+    assert Image.open(call(client, editor_value(FOX, mask), steps=8, api_name="/inpaint")[0]).size == (64, 64)
+    out = call(client, handle_file(str(FOX)), 2, 3, 1, 4, steps=4, api_name="/outpaint")[0]
+    assert Image.open(out).size == ((16 + 3 + 4) * 4, (16 + 2 + 1) * 4)
+    # 96 x 64 -> an 11 x 16 token grid -> expanded to 22 x 32 tokens of 4 px
+    assert Image.open(call(client, handle_file(str(WIDE)), steps=4, api_name="/expand")[0]).size == (128, 88)
+
+
+def test_inpaint_changes_only_the_masked_region(client):
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[24:40, 16:36] = True
+    result = load(call(client, editor_value(FOX, mask), seed=3, steps=8, api_name="/inpaint")[0])
+    original = load(FOX)
+    rim = 3  # the feathered edge reaches 2 px beyond the mask for a 64 px image
+    near = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(2 * rim + 1))) > 0
+    assert np.array_equal(result[~near], original[~near])
+    assert not np.array_equal(result[mask], original[mask])
+
+
+def test_outpaint_contains_the_original(client):
+    top, right, bottom, left = 3, 0, 2, 5
+    result = load(call(client, handle_file(str(FOX)), top, right, bottom, left, steps=4, api_name="/outpaint")[0])
+    assert result.shape == ((16 + top + bottom) * 4, (16 + left + right) * 4, 3)
+    assert np.array_equal(result[top * 4 : top * 4 + 64, left * 4 : left * 4 + 64], load(FOX))
+
+
+def test_generate_streams_frames(client):
+    job = client.submit(steps=16, api_name="/generate")
+    job.result(timeout=TIMEOUT)
+    frames = {out[1] for out in job.outputs() if out[1]}
+    assert len(frames) > 1, f"only {len(frames)} distinct frames streamed"
+
+
+def test_same_seed_same_image_with_concurrent_clients(client, app_url):
+    def first_image(c: Client, seed: int) -> np.ndarray:
+        return load(call(c, seed=seed, steps=8, api_name="/generate")[0][0]["image"])
+
+    reference = first_image(client, 1234)
+    assert np.array_equal(first_image(client, 1234), reference)
+    assert not np.array_equal(first_image(client, 1235), reference)
+    others = [Client(app_url, verbose=False) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(lambda c: first_image(c, 1234), others))
+    assert all(np.array_equal(image, reference) for image in images)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return handle_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("not-an-image", "not an image"),
+        ("truncated", "corrupt or truncated"),
+        ("too-many-pixels", "the limit is"),
+        ("empty-mask", "mask is empty"),
+        ("oversize-outpaint", "limit is 48"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(client, tmp_path, case, message):
+    if case == "not-an-image":
+        args, api = [_write(tmp_path / "notes.png", b"these are not pixels")], "/expand"
+    elif case == "truncated":
+        args, api = [_write(tmp_path / "cut.png", FOX.read_bytes()[:1500])], "/expand"
+    elif case == "too-many-pixels":
+        buffer = io.BytesIO()
+        Image.new("L", (4100, 4100)).save(buffer, format="PNG")
+        args, api = [_write(tmp_path / "huge.png", buffer.getvalue())], "/expand"
+    elif case == "empty-mask":
+        args, api = [editor_value(FOX, None)], "/inpaint"
+    else:
+        args, api = [handle_file(str(FOX)), 40, 40, 40, 40], "/outpaint"
+    with pytest.raises(AppError, match=message):
+        call(client, *args, steps=2, api_name=api)
+
+
+def test_mask_covering_everything_regenerates_the_whole_image(client):
+    result = call(client, editor_value(FOX, np.ones((64, 64), dtype=bool)), steps=4, api_name="/inpaint")[0]
+    assert Image.open(result).size == (64, 64)
+
+
+def _odd_image(kind: str, path) -> tuple[object, tuple[int, int]]:
+    """-> (upload, expected outpaint size with one cell added on the right)."""
+    rgb = Image.open(FOX).convert("RGB")
+    if kind == "exif-rotated":  # stored 64 x 48 landscape, EXIF says: rotate to 48 x 64 portrait
+        image = rgb.resize((64, 48))
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image.save(path.with_suffix(".jpg"), exif=exif)
+        # portrait 48 x 64 -> 16 x 12 tokens; one more column of 4 px
+        return handle_file(str(path.with_suffix(".jpg"))), (52, 64)
+    if kind == "cmyk":
+        rgb.convert("CMYK").save(path.with_suffix(".jpg"))
+        return handle_file(str(path.with_suffix(".jpg"))), (68, 64)
+    converted = {
+        "grayscale": lambda: rgb.convert("L"),
+        "palette": lambda: rgb.convert("P", palette=Image.ADAPTIVE),
+        "rgba": lambda: Image.open(FOX).convert("RGBA"),
+        "16-bit": lambda: Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257),
+    }[kind]()
+    converted.save(path.with_suffix(".png"))
+    return handle_file(str(path.with_suffix(".png"))), (68, 64)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "palette", "cmyk", "16-bit", "rgba", "exif-rotated"])
+def test_odd_image_modes_give_a_sensible_result(client, tmp_path, kind):
+    upload, size = _odd_image(kind, tmp_path / kind)
+    result = Image.open(call(client, upload, 0, 1, 0, 0, steps=2, api_name="/outpaint")[0])
+    assert result.size == size
+
+
+def test_upload_size_is_limited(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(11 * 1024 * 1024))
+    with pytest.raises(Exception, match="maximum file size"):  # refused before any handler runs
+        call(client, handle_file(str(big)), steps=2, api_name="/expand")
+    assert Image.open(call(client, steps=2, api_name="/generate")[0][0]["image"]).size == (64, 64)

@@ -1,0 +1,201 @@
+"""The launched app in Debian's Chromium through Playwright: real mouse strokes on the inpaint canvas,
+dragging the outpaint frame, frames streaming into the page, and a screenshot of each tab."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ARTIFACTS, TIMINGS
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FIRST_FRAME_BUDGET_S = 0.5
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
+
+# Records each new src of the live image (not the one showing now), the time of the next click on a
+# button, and whether the run has started (counter without "done") and finished (then "done" again).
+WATCH = """(prefix) => {
+  const box = document.querySelector(`#${prefix}-live`), counter = document.querySelector(`#${prefix}-counter`);
+  const src = () => { const img = box.querySelector('img'); return img ? img.src : null; };
+  const seen = window.__frames || [];  // a previous run's last picture may still be swapping in
+  const initial = seen.length ? seen[seen.length - 1].src : src();
+  Object.assign(window, {__frames: [], __started: false, __finished: false, __click: null});
+  const note = () => {
+    const s = src(), f = window.__frames;
+    if (s && s !== initial && (f.length === 0 || f[f.length - 1].src !== s)) f.push({t: performance.now(), src: s});
+    const done = counter.innerText.includes('done');
+    if (window.__click !== null && !done) window.__started = true;
+    if (window.__started && done) window.__finished = true;
+  };
+  (window.__observers || []).forEach((o) => o.disconnect());
+  window.__observers = [new MutationObserver(note), new MutationObserver(note)];
+  window.__observers[0].observe(box, {subtree: true, childList: true, attributes: true});
+  window.__observers[1].observe(counter, {subtree: true, childList: true, characterData: true});
+  if (!window.__clicks) {
+    window.__clicks = true;
+    document.addEventListener('click', (e) => {
+      if (window.__click === null && e.target.closest('button')) window.__click = performance.now();
+    }, true);
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    page.get_by_role("tab", name="Generate").wait_for()
+    yield page
+    context.close()
+
+
+def set_number(page, selector: str, value) -> None:
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def natural_size(page, selector: str) -> tuple[int, int]:
+    page.wait_for_function(
+        f"() => {{ const i = document.querySelector('{selector} img'); return i && i.complete && i.naturalWidth > 0; }}"
+    )
+    return tuple(
+        page.evaluate(
+            f"() => {{ const i = document.querySelector('{selector} img'); return [i.naturalWidth, i.naturalHeight]; }}"
+        )
+    )
+
+
+def run_and_watch(page, button: str, prefix: str) -> list[float]:
+    """Click `button`, wait for the run to finish; -> times (s after the click) of each new frame."""
+    page.evaluate(WATCH, prefix)
+    page.get_by_role("button", name=button, exact=True).click()
+    page.wait_for_function("() => window.__finished")
+    page.wait_for_timeout(300)  # the last picture may swap in just after the counter
+    click, frames = page.evaluate("() => [window.__click, window.__frames]")
+    return [(f["t"] - click) / 1000 for f in frames]
+
+
+def test_generate_image_changes_while_decoding(page):
+    set_number(page, "#steps", 8)
+    warm = run_and_watch(page, "Generate", "gen")  # the first run of a page pays for its setup
+    set_number(page, "#steps", 64)
+    times = run_and_watch(page, "Generate", "gen")
+    TIMINGS["first_frame_cold_s"] = warm[0]
+    TIMINGS["first_frame_s"] = times[0]
+    TIMINGS["frames_seen_64_steps"] = len(times)
+    assert len(times) >= 6, f"the image changed only {len(times) - 1} times after the first frame"
+    assert times[0] < FIRST_FRAME_BUDGET_S, f"first frame after {times[0]:.3f} s"
+    page.locator("#gen-counter", has_text="Step 64 / 64").wait_for()
+    assert natural_size(page, "#gen-results") == (64, 64)
+
+    page.get_by_text("Decoding order and replay").first.click()
+    page.locator("#gen-maps img").first.wait_for()
+    page.locator("#gen-gif a[download$='.gif']").wait_for()
+    before = page.evaluate("() => document.querySelector('#gen-live img').src")
+    set_number(page, "#gen-step", 10)  # scrub back: the frame of step 10 is drawn again
+    page.locator("#gen-counter", has_text="Step 10 / 64").wait_for()
+    page.wait_for_function(f"() => document.querySelector('#gen-live img').src !== {before!r}")
+    page.screenshot(path=str(ARTIFACTS / "tab-generate.png"), full_page=True)
+
+
+def test_inpaint_a_painted_stroke(page):
+    open_tab(page, "Inpaint")
+    page.locator("#inp-editor").locator("xpath=ancestor::div[@role='tabpanel']").locator(
+        ".gallery-item"
+    ).first.click()  # the fox example, without the preset mask
+    page.wait_for_timeout(800)
+    page.locator("#inp-editor button[aria-label=Brush]").click()
+    canvas = page.locator("#inp-editor canvas").first.bounding_box()
+    x, y = canvas["x"] + canvas["width"] * 0.35, canvas["y"] + canvas["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(1, 16):
+        page.mouse.move(x + i * 8, y + (i % 4) * 3, steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    times = run_and_watch(page, "Inpaint", "inp")
+    assert times, "no frame reached the page"
+    assert natural_size(page, "#inp-result") == (64, 64)
+    page.screenshot(path=str(ARTIFACTS / "tab-inpaint.png"), full_page=True)
+
+
+def test_outpaint_by_dragging_an_edge(page):
+    open_tab(page, "Outpaint")
+    size = page.locator("#out-frame .op-px")
+    size.wait_for()
+    assert size.inner_text() == "96 × 96 px"  # the fox with 4 cells on each side
+    handle = page.locator("#out-frame .op-e").bounding_box()
+    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(1, 9):
+        page.mouse.move(x + i * 7, y, steps=2)
+    assert size.inner_text() != "96 × 96 px", "the size label did not follow the drag"
+    page.mouse.up()
+    width = int(re.match(r"(\d+) × (\d+) px", size.inner_text()).group(1))
+    assert width > 96
+    page.wait_for_function("() => Number(document.querySelector('#out-right input').value) > 4")
+    run_and_watch(page, "Outpaint", "out")
+    assert natural_size(page, "#out-result") == (width, 96)
+    page.screenshot(path=str(ARTIFACTS / "tab-outpaint.png"), full_page=True)
+
+
+def test_expand(page):
+    open_tab(page, "Expand")
+    set_number(page, "#steps", 4)
+    run_and_watch(page, "Expand", "exp")
+    assert natural_size(page, "#exp-result") == (128, 128)
+    page.screenshot(path=str(ARTIFACTS / "tab-expand.png"), full_page=True)
+
+
+def test_stop_cancels_a_run(page):
+    set_number(page, "#steps", 128)
+    page.locator("#num-images input[type=number]").fill("4")
+    page.locator("#num-images input[type=number]").press("Enter")
+    page.evaluate(WATCH, "gen")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function("() => window.__frames.length >= 3")
+    page.get_by_role("button", name="Stop").first.click()
+    page.wait_for_timeout(1500)
+    assert "done" not in page.locator("#gen-counter").inner_text()
+    set_number(page, "#steps", 4)  # the queue is free again
+    page.locator("#num-images input[type=number]").fill("1")
+    page.locator("#num-images input[type=number]").press("Enter")
+    run_and_watch(page, "Generate", "gen")
+
+
+def test_published_model_offline_stays_on_the_current_one(page):
+    picker = page.locator("#model input")
+    startup = picker.input_value()
+    picker.click()
+    page.get_by_role("option", name="ARPG-L", exact=True).click()
+    page.get_by_text("the hub cannot be reached").first.wait_for()
+    page.wait_for_function(f"() => document.querySelector('#model input').value === {startup!r}")
