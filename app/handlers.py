@@ -144,6 +144,12 @@ def mask_from_layers(layers: list, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def same_picture(a: Image.Image, b: Image.Image) -> bool:
+    if a.size != b.size:
+        return False
+    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()) < 2
+
+
 class Studio:
     """Holds the loaded pipelines; every handler is a call into one of them."""
 
@@ -270,10 +276,15 @@ class Studio:
         top_p=1.0,
         order="random",
         model=None,
+        placed=None,
     ):
+        """placed: the image last put into the editor from outside (an example, a generated image)."""
         if not editor or editor.get("background") is None:
             raise gr.Error("Upload an image (or pick an example) and paint the region to change.")
         image = open_image(editor["background"])
+        if placed is not None and not same_picture(image, open_image(placed)):
+            # The editor sends its last painted state until it is painted on again.
+            raise gr.Error("Paint over the region to regenerate on this image first.")
         mask = mask_from_layers(editor.get("layers"), image.size)
         if not mask.any():
             raise gr.Error("The mask is empty: paint over the region to regenerate with the brush.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 import numpy as np
@@ -24,6 +24,10 @@ LIGHT = dict(api_visibility="private", concurrency_limit=None, show_progress="hi
 HEADER = (
     "# ARPG Studio\nRandomized parallel autoregressive generation: each step decodes a random set of tokens "
     "at once. Watch it assemble, then inpaint, outpaint or expand."
+)
+ORDER_LEGEND = (
+    '<div class="arpg-legend"><span>first step</span><i></i><span>last step</span>'
+    "<b></b><span>given (kept)</span></div>"
 )
 IDLE_COUNTER = '<div class="arpg-counter"><span class="note">Press the button to start.</span></div>'
 
@@ -47,6 +51,11 @@ CSS = """
 .arpg-counter .bar { flex-basis: 100%; height: 6px; border-radius: 3px; background: var(--neutral-200);
   overflow: hidden; }
 .arpg-counter .bar i { display: block; height: 100%; background: var(--color-accent); transition: width .08s; }
+.arpg-legend { display: flex; align-items: center; gap: 8px; font-size: var(--text-sm);
+  color: var(--body-text-color-subdued); padding: 0 4px; }
+.arpg-legend i { flex: 0 1 160px; height: 10px; border-radius: 5px;
+  background: linear-gradient(90deg, rgb(40, 30, 120), rgb(250, 230, 60)); }
+.arpg-legend b { width: 10px; height: 10px; margin-left: 12px; border-radius: 2px; background: rgb(200, 200, 205); }
 #dice { max-width: 3.2em; min-width: 3.2em; font-size: 1.3em; }
 .arpg-model-status p { margin: 0; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 """
@@ -139,7 +148,7 @@ def _live_view(prefix: str):
     run = gr.State(None)
     with gr.Accordion("Decoding order and replay", open=False):
         maps = gr.Gallery(
-            label="Order map: indigo early, yellow late, grey given",
+            label="Decoding order",
             format="png",
             columns=4,
             height=200,
@@ -148,6 +157,7 @@ def _live_view(prefix: str):
             interactive=False,
             elem_id=f"{prefix}-maps",
         )
+        gr.HTML(ORDER_LEGEND, js_on_load=None)
         slider = gr.Slider(
             0,
             1,
@@ -172,6 +182,7 @@ class Tab:
     inputs: list
     result: gr.components.Component
     view: tuple  # from _live_view
+    extra: list = field(default_factory=list)  # inputs after the shared ones (kept out of the API)
 
 
 def _generate_tab() -> tuple[Tab, gr.Gallery, dict[str, gr.Button]]:
@@ -183,7 +194,6 @@ def _generate_tab() -> tuple[Tab, gr.Gallery, dict[str, gr.Button]]:
                 label="Results",
                 format="png",
                 columns=2,
-                height=300,
                 object_fit="contain",
                 type="filepath",
                 elem_id="gen-results",
@@ -217,12 +227,18 @@ def _inpaint_tab(examples: list[str]) -> Tab:
                 eraser=gr.Eraser(default_size=3),
                 elem_classes="pixelated",
             )
-            gr.Examples([[p] for p in examples], inputs=[editor], label="Examples", examples_per_page=8)
+            picks = gr.Examples(
+                [[p] for p in examples], inputs=[editor], label="Examples", examples_per_page=8, elem_id="inp-examples"
+            )
             button, stop = _run_buttons("Inpaint")
         with gr.Column(scale=1):
             result = _view("Result", 280, elem_id="inp-result")
             view = _live_view("inp")
-    return Tab("inpaint", button, stop, [editor], result, view)
+    # What was last placed into the editor from outside, to catch the editor sending a stale canvas.
+    placed = gr.State(None)
+    picks.dataset.click(lambda picked: picked[1][0], picks.dataset, placed, **LIGHT)  # (index, [path])
+    editor.upload(lambda: None, None, placed, **LIGHT)
+    return Tab("inpaint", button, stop, [editor], result, view, extra=[placed])
 
 
 def _outpaint_tab(examples: list[str]) -> tuple[Tab, OutpaintFrame]:
@@ -272,6 +288,7 @@ def _wire_runs(studio: Studio, tabs: list[Tab], shared: list) -> None:
     for tab in tabs:
         live, counter, run, maps, slider, gif = tab.view
         inputs = [*tab.inputs, *shared] if tab.name != "generate" else [*shared[:2], *tab.inputs, *shared[2:]]
+        inputs += tab.extra
         event = tab.button.click(
             getattr(studio, tab.name), inputs, [tab.result, live, counter, run], api_name=tab.name, **heavy
         )
@@ -286,8 +303,8 @@ def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFra
     """The image, the draggable frame and the numbers stay in step; frame <-> numbers in the browser."""
     image, *pads = tab.inputs
     show = lambda img, *p: studio.frame_for(img, p[:4], p[4])  # noqa: E731
-    image.change(show, [image, *pads, active], frame, **LIGHT)
-    demo.load(show, [image, *pads, active], frame, **LIGHT)
+    for trigger in (image.change, active.change, demo.load):  # a new model may have another token grid
+        trigger(show, [image, *pads, active], frame, **LIGHT)
     frame.change(None, frame, pads, js="(v) => v ? [v.top, v.right, v.bottom, v.left] : [4, 4, 4, 4]")
     to_frame = "(v, t, r, b, l) => v ? Object.assign({}, v, {top: t | 0, right: r | 0, bottom: b | 0, left: l | 0}) : v"
     for box in pads:
@@ -308,12 +325,14 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
             if not images:
                 raise gr.Error("Generate an image first.")
             image = images[min(int(index or 0), len(images) - 1)][0]
-            return (studio.to_editor(image) if tab == "inpaint" else image), gr.Tabs(selected=tab)
+            if tab == "inpaint":  # the editor value, and the image as the one placed there
+                return studio.to_editor(image), image, gr.Tabs(selected=tab)
+            return image, gr.Tabs(selected=tab)
 
         return send_to
 
     for tab, button in send.items():
-        button.click(sender(tab), [gallery, picked], [targets[tab], tabs], **LIGHT)
+        button.click(sender(tab), [gallery, picked], [*targets[tab], tabs], **LIGHT)
 
 
 def create_demo(studio: Studio | None = None) -> gr.Blocks:
@@ -354,7 +373,11 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
         )
         _wire_runs(studio, [generate, inpaint, outpaint, expand], [label, seed, *sampling, active])
         _wire_outpaint(studio, demo, outpaint, frame, active)
-        targets = {"inpaint": inpaint.inputs[0], "outpaint": outpaint.inputs[0], "expand": expand.inputs[0]}
+        targets = {
+            "inpaint": [inpaint.inputs[0], *inpaint.extra],
+            "outpaint": outpaint.inputs[:1],
+            "expand": expand.inputs[:1],
+        }
         _wire_send(studio, gallery, send, tabs, targets)
     return demo
 

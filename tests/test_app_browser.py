@@ -3,12 +3,15 @@ dragging the outpaint frame, frames streaming into the page, and a screenshot of
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tests.conftest import ARTIFACTS, TIMINGS
+from tests.conftest import ARTIFACTS, ROOT, TIMINGS
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -20,6 +23,7 @@ ARGS = [
     "--no-first-run",
 ]
 FIRST_FRAME_BUDGET_S = 0.5
+FOX = ROOT / "assets" / "examples" / "fox.png"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
 
@@ -97,7 +101,9 @@ def run_and_watch(page, button: str, prefix: str) -> list[float]:
     """Click `button`, wait for the run to finish; -> times (s after the click) of each new frame."""
     page.evaluate(WATCH, prefix)
     page.get_by_role("button", name=button, exact=True).click()
-    page.wait_for_function("() => window.__finished")
+    page.wait_for_function("() => window.__finished || document.querySelector('.toast-body.error, .toast-wrap .error')")
+    errors = page.locator(".toast-body").all_inner_texts()
+    assert page.evaluate("() => window.__finished"), f"the run did not finish: {errors}"
     page.wait_for_timeout(300)  # the last picture may swap in just after the counter
     click, frames = page.evaluate("() => [window.__click, window.__frames]")
     return [(f["t"] - click) / 1000 for f in frames]
@@ -123,28 +129,56 @@ def test_generate_image_changes_while_decoding(page):
     set_number(page, "#gen-step", 10)  # scrub back: the frame of step 10 is drawn again
     page.locator("#gen-counter", has_text="Step 10 / 64").wait_for()
     page.wait_for_function(f"() => document.querySelector('#gen-live img').src !== {before!r}")
+    natural_size(page, "#gen-live")
     page.screenshot(path=str(ARTIFACTS / "tab-generate.png"), full_page=True)
+
+
+def fetch_image(page, selector: str) -> np.ndarray:
+    src = page.evaluate(f"() => document.querySelector('{selector} img').src")
+    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+
+
+def painted_pixels(page) -> int:
+    """How many pixels of the editor show the pink brush (the fox has none)."""
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#inp-editor").screenshot())).convert("RGB")).astype(int)
+    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    return int(((r > 200) & (b > 110) & (g < 160)).sum())
+
+
+def paint_stroke(page) -> None:
+    """Drag the brush across the fox's forehead. The editor may still be setting up its layer after a
+    new image; a stroke that does not show is drawn again."""
+    page.locator("#inp-editor button[aria-label=Brush]").click()
+    box = page.locator("#inp-editor canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.3
+    for _ in range(3):
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for i in range(1, 16):
+            page.mouse.move(x + i * 8, y + (i % 4) * 3, steps=2)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+        if painted_pixels(page) > 500:
+            return
+        page.wait_for_timeout(1000)
+    pytest.fail("the brush stroke never showed on the canvas")
 
 
 def test_inpaint_a_painted_stroke(page):
     open_tab(page, "Inpaint")
-    page.locator("#inp-editor").locator("xpath=ancestor::div[@role='tabpanel']").locator(
-        ".gallery-item"
-    ).first.click()  # the fox example, without the preset mask
-    page.wait_for_timeout(800)
-    page.locator("#inp-editor button[aria-label=Brush]").click()
-    canvas = page.locator("#inp-editor canvas").first.bounding_box()
-    x, y = canvas["x"] + canvas["width"] * 0.35, canvas["y"] + canvas["height"] * 0.5
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for i in range(1, 16):
-        page.mouse.move(x + i * 8, y + (i % 4) * 3, steps=2)
-    page.mouse.up()
-    page.wait_for_timeout(300)
+    page.locator("#inp-editor canvas").first.wait_for()
+    page.wait_for_timeout(1000)  # let the editor finish loading its preset before replacing it
+    page.locator("#inp-examples .gallery-item").first.click()  # the fox, with no mask yet
+    page.wait_for_timeout(1000)
+    paint_stroke(page)
     times = run_and_watch(page, "Inpaint", "inp")
     assert times, "no frame reached the page"
     assert natural_size(page, "#inp-result") == (64, 64)
+    result, fox = fetch_image(page, "#inp-result"), np.asarray(Image.open(FOX).convert("RGB"))
+    Image.fromarray(result).save(ARTIFACTS / "inpaint-result.png")
     page.screenshot(path=str(ARTIFACTS / "tab-inpaint.png"), full_page=True)
+    same = (result == fox).all(axis=-1)  # the fox is kept exactly where nothing was painted
+    assert 0.3 < same.mean() < 0.99, f"{same.mean():.0%} of the fox kept: the stroke did not become the mask"
 
 
 def test_outpaint_by_dragging_an_edge(page):
