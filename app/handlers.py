@@ -1,8 +1,7 @@
 """Event handlers: each one is a call into `arpg_core.Pipeline` plus conversion to PIL.
 
-Runs are generators that yield a rendered frame per decoding step (throttled), then the results.
-The token grids of every step are kept in a `Run`, so the step slider can re-render any step later
-without sampling again; the frames as streamed, with their timing, become the GIF.
+Runs are generators that yield a rendered frame per decoding step (throttled), then the results;
+what a run leaves behind for the replay and the GIF is an `app.runs.Run`.
 """
 
 from __future__ import annotations
@@ -13,16 +12,15 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
 from PIL import Image
 
 from app.models import ModelCache
 from app.outpaint_frame import frame_value
+from app.runs import Run, counter_html, display_scale, mask_from_layers, same_picture, side_by_side, write_gif
 from arpg_core.errors import ARPGError, HubUnavailableError
 from arpg_core.imageio import open_image
 from arpg_core.pipeline import Frame, Pipeline
@@ -31,7 +29,6 @@ from arpg_core.sampling.options import SamplingOptions
 log = logging.getLogger("arpg.app")
 
 FRAME_INTERVAL = 0.08  # seconds between rendered frames; the first and the last always go out
-DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
 UNCONDITIONAL = -1
 MAX_IMAGES = 4  # per generate call
 
@@ -79,42 +76,6 @@ def user_errors(fn):
     return call
 
 
-@dataclass
-class Run:
-    """One finished (or stopped) run: enough to re-render any of its steps, and the frames shown."""
-
-    model: str
-    scale: int
-    tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] per step, UNKNOWN = pending
-    positions: list[torch.Tensor | None] = field(default_factory=list)  # [B, n] decoded at that step
-    step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
-    shown: list[tuple[float, Image.Image]] | None = field(default_factory=list)  # (time, frame) as streamed
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.tokens) - 1
-
-    def add(self, frame: Frame) -> None:
-        if len(self.tokens) > frame.step:  # the same step again (results delivered after an early end)
-            del self.tokens[frame.step :], self.positions[frame.step :]
-        self.tokens.append(frame.tokens)
-        self.positions.append(frame.positions)
-        self.step_map = frame.step_map
-
-
-def counter_html(step: int, total: int, note: str = "") -> str:
-    pct = 100 * step / max(total, 1)
-    text = f"Step <b>{step}</b> / {total}" if total else "Starting…"
-    return (
-        f'<div class="arpg-counter"><span>{text}</span><span class="note">{note}</span>'
-        f'<div class="bar"><i style="width:{pct:.1f}%"></i></div></div>'
-    )
-
-
-def display_scale(pipeline: Pipeline, grid_hw: tuple[int, int]) -> int:
-    return max(1, DISPLAY_PX // (max(grid_hw) * pipeline.cell))
-
-
 def sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order) -> SamplingOptions:
     top_k = int(top_k) if top_k else None  # 0 = off
     top_p = float(top_p) if top_p is not None and float(top_p) < 1 else None  # 1 = off
@@ -128,26 +89,6 @@ def sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_
         top_p=top_p,
         order=order,
     )
-
-
-def mask_from_layers(layers: list, size: tuple[int, int]) -> np.ndarray:
-    """[H, W] bool: every pixel any brush layer painted, read from the layers' alpha (not colour)."""
-    mask = np.zeros((size[1], size[0]), dtype=bool)
-    for layer in layers or []:
-        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
-        if "A" not in layer.getbands():
-            continue
-        alpha = layer.getchannel("A")
-        if alpha.size != size:
-            alpha = alpha.resize(size, Image.NEAREST)
-        mask |= np.asarray(alpha) > 0
-    return mask
-
-
-def same_picture(a: Image.Image, b: Image.Image) -> bool:
-    if a.size != b.size:
-        return False
-    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()) < 2
 
 
 class Studio:
@@ -370,23 +311,9 @@ class Studio:
         if run is None or run.step_map is None:
             return gr.skip(), gr.skip(), gr.skip()
         pipeline = self.pipeline(run.model)
-        maps = [pipeline.order_map(m, run.scale) for m in run.step_map]
+        maps = side_by_side([pipeline.order_map(m, run.scale) for m in run.step_map])
         slider = gr.update(maximum=max(run.num_steps, 1), value=run.num_steps, interactive=run.num_steps > 0)
-        return maps, slider, self._gif(run)
-
-    def _gif(self, run: Run) -> str | None:
-        """The frames as they were streamed, with their real timing; the result held at the end."""
-        shown, run.shown = run.shown or [], None  # written once; the pictures are not kept
-        if not shown:
-            return None
-        times = [t for t, _ in shown]
-        durations = [max(40, round(1000 * (b - a))) for a, b in zip(times, times[1:], strict=False)] + [1500]
-        frames = [image.quantize(255, method=Image.Quantize.FASTOCTREE) for _, image in shown]
-        for old in sorted(self.gif_dir.glob("*.gif"))[:-16]:  # keep the folder small
-            old.unlink(missing_ok=True)
-        path = self.gif_dir / f"arpg-{time.time_ns()}.gif"
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-        return str(path)
+        return maps, slider, write_gif(run, self.gif_dir)
 
     # ---- helpers for the editing tabs ------------------------------------------------------------
     @user_errors

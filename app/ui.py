@@ -51,7 +51,7 @@ CSS = """
 .arpg-counter .bar { flex-basis: 100%; height: 6px; border-radius: 3px; background: var(--neutral-200);
   overflow: hidden; }
 .arpg-counter .bar i { display: block; height: 100%; background: var(--color-accent); transition: width .08s; }
-.arpg-legend { display: flex; align-items: center; gap: 8px; font-size: var(--text-sm);
+.arpg-legend { display: flex; align-items: center; gap: 8px; font-size: var(--text-sm); white-space: nowrap;
   color: var(--body-text-color-subdued); padding: 0 4px; }
 .arpg-legend i { flex: 0 1 160px; height: 10px; border-radius: 5px;
   background: linear-gradient(90deg, rgb(40, 30, 120), rgb(250, 230, 60)); }
@@ -147,16 +147,7 @@ def _live_view(prefix: str):
     counter = gr.HTML(IDLE_COUNTER, js_on_load=None, elem_id=f"{prefix}-counter")
     run = gr.State(None)
     with gr.Accordion("Decoding order and replay", open=False):
-        maps = gr.Gallery(
-            label="Decoding order",
-            format="png",
-            columns=4,
-            height=200,
-            object_fit="contain",
-            elem_classes="pixelated",
-            interactive=False,
-            elem_id=f"{prefix}-maps",
-        )
+        maps = _view("Decoding order", 220, elem_id=f"{prefix}-maps")
         gr.HTML(ORDER_LEGEND, js_on_load=None)
         slider = gr.Slider(
             0,

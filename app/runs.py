@@ -1,0 +1,99 @@
+"""What a run leaves behind, and the picture conversions around it.
+
+The token grids of every step are kept in a `Run`, so the step slider can re-render any step later
+without sampling again; the frames as streamed, with their timing, become the GIF.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arpg_core.pipeline import Frame, Pipeline
+
+DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
+KEEP_GIFS = 16
+
+
+@dataclass
+class Run:
+    """One finished (or stopped) run: enough to re-render any of its steps, and the frames shown."""
+
+    model: str
+    scale: int
+    tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] per step, UNKNOWN = pending
+    positions: list[torch.Tensor | None] = field(default_factory=list)  # [B, n] decoded at that step
+    step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
+    shown: list[tuple[float, Image.Image]] | None = field(default_factory=list)  # (time, frame) as streamed
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.tokens) - 1
+
+    def add(self, frame: Frame) -> None:
+        if len(self.tokens) > frame.step:  # the same step again (results delivered after an early end)
+            del self.tokens[frame.step :], self.positions[frame.step :]
+        self.tokens.append(frame.tokens)
+        self.positions.append(frame.positions)
+        self.step_map = frame.step_map
+
+
+def counter_html(step: int, total: int, note: str = "") -> str:
+    pct = 100 * step / max(total, 1)
+    text = f"Step <b>{step}</b> / {total}" if total else "Starting…"
+    return (
+        f'<div class="arpg-counter"><span>{text}</span><span class="note">{note}</span>'
+        f'<div class="bar"><i style="width:{pct:.1f}%"></i></div></div>'
+    )
+
+
+def display_scale(pipeline: Pipeline, grid_hw: tuple[int, int]) -> int:
+    return max(1, DISPLAY_PX // (max(grid_hw) * pipeline.cell))
+
+
+def mask_from_layers(layers: list, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] bool: every pixel any brush layer painted, read from the layers' alpha (not colour)."""
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers or []:
+        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
+        if "A" not in layer.getbands():
+            continue
+        alpha = layer.getchannel("A")
+        if alpha.size != size:
+            alpha = alpha.resize(size, Image.NEAREST)
+        mask |= np.asarray(alpha) > 0
+    return mask
+
+
+def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
+    """One strip, like the live frames, so several order maps show at the same scale."""
+    strip = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1), images[0].height), "white")
+    for i, image in enumerate(images):
+        strip.paste(image, (sum(im.width + gap for im in images[:i]), 0))
+    return strip
+
+
+def same_picture(a: Image.Image, b: Image.Image) -> bool:
+    if a.size != b.size:
+        return False
+    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()) < 2
+
+
+def write_gif(run: Run, folder: Path) -> str | None:
+    """The frames as they were streamed, with their real timing; the result held at the end."""
+    shown, run.shown = run.shown or [], None  # written once; the pictures are not kept
+    if not shown:
+        return None
+    times = [t for t, _ in shown]
+    durations = [max(40, round(1000 * (b - a))) for a, b in zip(times, times[1:], strict=False)] + [1500]
+    frames = [image.quantize(255, method=Image.Quantize.FASTOCTREE) for _, image in shown]
+    for old in sorted(folder.glob("*.gif"))[:-KEEP_GIFS]:  # keep the folder small
+        old.unlink(missing_ok=True)
+    path = folder / f"arpg-{time.time_ns()}.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return str(path)
