@@ -222,11 +222,12 @@ def _inpaint_tab(examples: list[str]) -> Tab:
                 [[p] for p in examples], inputs=[editor], label="Examples", examples_per_page=8, elem_id="inp-examples"
             )
             button, stop = _run_buttons("Inpaint")
+            # What was last placed into the editor from outside, to catch it sending a stale canvas.
+            # (Inside the tab: a bare child of gr.Tabs would shift the tabs' labels.)
+            placed = gr.State(None)
         with gr.Column(scale=1):
             result = _view("Result", 280, elem_id="inp-result")
             view = _live_view("inp")
-    # What was last placed into the editor from outside, to catch the editor sending a stale canvas.
-    placed = gr.State(None)
     picks.dataset.click(lambda picked: picked[1][0], picks.dataset, placed, **LIGHT)  # (index, [path])
     editor.upload(lambda: None, None, placed, **LIGHT)
     return Tab("inpaint", button, stop, [editor], result, view, extra=[placed])
@@ -317,8 +318,8 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
                 raise gr.Error("Generate an image first.")
             image = images[min(int(index or 0), len(images) - 1)][0]
             if tab == "inpaint":  # the editor value, and the image as the one placed there
-                return studio.to_editor(image), image, gr.Tabs(selected=tab)
-            return image, gr.Tabs(selected=tab)
+                return studio.to_editor(image), image, gr.update(selected=tab)
+            return image, gr.update(selected=tab)
 
         return send_to
 

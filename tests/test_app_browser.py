@@ -3,6 +3,7 @@ dragging the outpaint frame, frames streaming into the page, and a screenshot of
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -84,6 +85,7 @@ def set_number(page, selector: str, value) -> None:
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
     page.wait_for_timeout(300)
+    assert page.locator("[role=tab]").all_inner_texts() == ["Generate", "Inpaint", "Outpaint", "Expand"]
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -233,3 +235,22 @@ def test_published_model_offline_stays_on_the_current_one(page):
     page.get_by_role("option", name="ARPG-L", exact=True).click()
     page.get_by_text("the hub cannot be reached").first.wait_for()
     page.wait_for_function(f"() => document.querySelector('#model input').value === {startup!r}")
+
+
+def test_send_a_result_to_an_editing_tab(page):
+    set_number(page, "#steps", 4)
+    run_and_watch(page, "Generate", "gen")
+    generated = fetch_image(page, "#gen-results")
+    page.get_by_role("button", name="Outpaint this").click()
+    page.locator("[role=tab][aria-selected=true]", has_text="Outpaint").first.wait_for()
+    assert page.locator("[role=tab]").all_inner_texts() == ["Generate", "Inpaint", "Outpaint", "Expand"]
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#out-frame img'); return i && i.src.startsWith('data:'); }"
+    )
+    for _ in range(50):  # the frame follows the new image once its change event has run
+        src = page.evaluate("() => document.querySelector('#out-frame img').src")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+        if shown.shape == generated.shape and np.array_equal(shown, generated):
+            return
+        page.wait_for_timeout(200)
+    pytest.fail("the outpaint frame does not show the generated image")
