@@ -294,7 +294,10 @@ def _wire_runs(studio: Studio, tabs: list[Tab], shared: list) -> None:
 def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFrame, active: gr.State) -> None:
     """The image, the draggable frame and the numbers stay in step; frame <-> numbers in the browser."""
     image, *pads = tab.inputs
-    show = lambda img, *p: studio.frame_for(img, p[:4], p[4])  # noqa: E731
+
+    def show(img, top, right, bottom, left, model):
+        return studio.frame_for(img, (top, right, bottom, left), model)
+
     for trigger in (image.change, active.change, demo.load):  # a new model may have another token grid
         trigger(show, [image, *pads, active], frame, **LIGHT)
     frame.change(None, frame, pads, js="(v) => v ? [v.top, v.right, v.bottom, v.left] : [4, 4, 4, 4]")
@@ -304,7 +307,7 @@ def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFra
 
 
 def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, targets: dict) -> None:
-    """ "Inpaint this" and friends: the picked result goes to that tab's input, and the tab opens."""
+    """The "Inpaint this" buttons and friends: the picked result goes to that tab's input, which opens."""
     picked = gr.State(0)
 
     def pick(evt: gr.SelectData) -> int:
