@@ -47,7 +47,7 @@ def app_url():
     model, tokenizer = _model_files()
     missing = [p for p in (model, tokenizer) if not p.startswith("hf://") and not Path(p).is_file()]
     if missing:
-        pytest.skip(
+        pytest.fail(
             f"the app's model is missing ({', '.join(missing)}); export the embedded model into "
             "assets/ or set ARPG_MODEL / ARPG_TOKENIZER"
         )
