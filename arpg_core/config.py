@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from arpg_core.errors import ConfigError
@@ -46,6 +47,16 @@ class ConfigBase:
         if isinstance(spec, dict):
             return cls.from_dict(spec)
         raise ConfigError(f"expected a {cls.__name__}, a preset name or a dict, got {type(spec).__name__}")
+
+    @classmethod
+    def from_spec(cls: type[C], spec: str) -> C:
+        """A preset name, or the path of a JSON file of field values (command-line `--config`)."""
+        if spec.endswith(".json"):
+            path = Path(spec)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_name(spec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,15 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_config(spec: str) -> ARPGConfig:
-    if spec.endswith(".json"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        return ARPGConfig.from_dict(json.loads(path.read_text()))
-    return ARPGConfig.from_name(spec)
-
-
 def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
     """Readable names from a data set's meta.json when it has them, else the folder names."""
     for meta in (folder / "meta.json", folder.parent / "meta.json"):
@@ -141,7 +132,7 @@ def snapshot(model, ema, tokenizer, step, args, names) -> None:
 def build(args, vocab: int, num_classes: int, grid: int):
     ckpt = args.out / common.CHECKPOINT_NAME
     state = None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
-    cfg = ARPGConfig.from_dict(state["config"]) if state else load_config(args.config)
+    cfg = ARPGConfig.from_dict(state["config"]) if state else ARPGConfig.from_spec(args.config)
     if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
         raise ConfigError(f"config has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid {cfg.grid_size}; "
                           f"the data has vocab {vocab}, {num_classes} classes, grid {grid}")

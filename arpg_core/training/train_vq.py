@@ -10,7 +10,6 @@ OMP_WAIT_POLICY=PASSIVE: with another busy process, spinning OpenMP threads cost
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.errors import ConfigError
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
 
@@ -52,15 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     return p.parse_args(argv)
-
-
-def load_config(spec: str) -> VQConfig:
-    if spec.endswith(".json"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        return VQConfig.from_dict(json.loads(path.read_text()))
-    return VQConfig.from_name(spec)
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float) -> dict:
@@ -184,7 +173,7 @@ def run_eval(model, ema, val, step, args, progress) -> None:
 def build(args):
     ckpt_path = args.out / common.CHECKPOINT_NAME
     state = None if args.fresh or not ckpt_path.exists() else common.load_checkpoint(ckpt_path)
-    cfg = VQConfig.from_dict(state["config"]) if state else load_config(args.config)
+    cfg = VQConfig.from_dict(state["config"]) if state else VQConfig.from_spec(args.config)
     model = VQModel(cfg, entropy_weight=args.entropy_weight)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
