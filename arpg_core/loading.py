@@ -228,5 +228,7 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
         meta["class_names"] = json.dumps(list(names))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=meta)
+    tmp = path.with_name(path.name + ".tmp")  # a reader never sees a half-written file
+    save_file(sd, str(tmp), metadata=meta)
+    tmp.replace(path)
     return path

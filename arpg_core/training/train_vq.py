@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 
 from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.loading import save_checkpoint
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
 
@@ -133,15 +133,6 @@ def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> Non
     Image.fromarray(array).save(path)
 
 
-def export(model: VQModel, state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    """fp32 safetensors carrying the VQConfig in its metadata."""
-    weights = {k: v.detach().float().contiguous() for k, v in state.items()}
-    meta = {"config": model.config.to_json(), "kind": "vq", **meta}
-    tmp = path.with_suffix(".tmp")
-    save_file(weights, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
 def load_data(args, cfg: VQConfig) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     train = ImageFolderDataset(args.data, cfg.image_size)
     images, labels = train.load_all()
@@ -161,13 +152,13 @@ def run_eval(model, ema, val, step, args, progress) -> None:
     progress.write(f"[eval] step {step}: val PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
     n = min(8, len(val))
     save_sheet(args.out / "samples" / f"step_{step:06d}.png", val[:n], recon[:n])
-    state = ema.shadow if use_ema else model.state_dict()
     meta = {
         "step": str(step),
         "weights": "ema" if use_ema else "raw",
         "val_psnr": f"{max(psnr_ema, psnr_raw):.3f}",
     }
-    export(model, state, args.out / EXPORT_NAME, meta)
+    save_checkpoint(ema_model if use_ema else model, args.out / EXPORT_NAME, dtype=torch.float32,
+                    extra_metadata=meta)
 
 
 def build(args):
