@@ -115,16 +115,17 @@ def full_order(
     explicit = None if isinstance(kind, str) else torch.as_tensor(kind, dtype=torch.long).reshape(-1, n)
     if explicit is not None and explicit.shape[0] not in (1, b):
         raise SamplingError(f"an explicit order needs 1 or {b} rows of {n} positions")
+    fixed = position_rank(kind, *grid) if explicit is None and kind != "random" else None
     rows = []
     for i in range(b):
-        if explicit is not None:
+        if fixed is not None:
+            rank = fixed
+        elif explicit is not None:
             rank = explicit[min(i, explicit.shape[0] - 1)]
             if not torch.equal(rank.sort().values, torch.arange(n)):
                 raise SamplingError(f"an explicit order must be a permutation of 0..{n - 1}")
-        elif kind == "random":
-            rank = torch.randperm(n, generator=generators[i])
         else:
-            rank = position_rank(kind, *grid)
+            rank = torch.randperm(n, generator=generators[i])
         k = known[i].cpu()[rank]
         rows.append(torch.cat([rank[k], rank[~k]]))
     return torch.stack(rows)
