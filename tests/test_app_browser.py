@@ -169,9 +169,11 @@ def paint_stroke(page) -> None:
 def test_inpaint_a_painted_stroke(page):
     open_tab(page, "Inpaint")
     page.locator("#inp-editor canvas").first.wait_for()
-    page.wait_for_timeout(1000)  # let the editor finish loading its preset before replacing it
+    # Let the editor finish loading its preset before replacing it, and the example land after it:
+    # under load a preset that finishes late is what the editor sends (see the note on issue 5).
+    page.wait_for_timeout(3000)
     page.locator("#inp-examples .gallery-item").first.click()  # the fox, with no mask yet
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(2000)
     paint_stroke(page)
     times = run_and_watch(page, "Inpaint", "inp")
     assert times, "no frame reached the page"
