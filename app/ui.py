@@ -218,8 +218,12 @@ def _inpaint_tab(examples: list[str]) -> Tab:
                 eraser=gr.Eraser(default_size=3),
                 elem_classes="pixelated",
             )
-            picks = gr.Examples(
-                [[p] for p in examples], inputs=[editor], label="Examples", examples_per_page=8, elem_id="inp-examples"
+            # A Dataset rather than gr.Examples: one server event sets the editor and `placed` together.
+            # (gr.Examples fills the editor in its own event, and a separate `placed` update could land
+            # after a Run, letting the start-up picture be inpainted instead of the picked one.)
+            picks = gr.Dataset(
+                components=["image"], samples=[[p] for p in examples], type="index", label="Examples",
+                samples_per_page=8, elem_id="inp-examples",
             )
             button, stop = _run_buttons("Inpaint")
             # What was last placed into the editor from outside, to catch it sending a stale canvas.
@@ -228,7 +232,7 @@ def _inpaint_tab(examples: list[str]) -> Tab:
         with gr.Column(scale=1):
             result = _view("Result", 280, elem_id="inp-result")
             view = _live_view("inp")
-    picks.dataset.click(lambda picked: picked[1][0], picks.dataset, placed, **LIGHT)  # (index, [path])
+    picks.click(lambda index: (Studio.to_editor(examples[index]), examples[index]), picks, [editor, placed], **LIGHT)
     editor.upload(lambda: None, None, placed, **LIGHT)
     return Tab("inpaint", button, stop, [editor], result, view, extra=[placed])
 

@@ -180,3 +180,24 @@ def test_upload_size_is_limited(client, tmp_path):
     with pytest.raises(Exception, match="maximum file size"):  # refused before any handler runs
         call(client, handle_file(str(big)), steps=2, api_name="/expand")
     assert Image.open(call(client, steps=2, api_name="/generate")[0][0]["image"]).size == (64, 64)
+
+
+def test_a_stale_editor_canvas_is_refused():
+    """The browser's editor can send its previous picture with a new stroke while a picked example is
+    still loading; the handler compares it with what the app last placed there and refuses it."""
+    import gradio as gr
+
+    from app.handlers import Studio
+    from app.models import ModelCache, registry
+
+    studio = Studio(ModelCache(registry()))
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 10:30] = True
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[..., 3] = mask * 200
+    stale = {"background": Image.open(EXAMPLES / "grinning.png"), "layers": [Image.fromarray(layer, "RGBA")]}
+    with pytest.raises(gr.Error, match="on this image first"):
+        next(studio.inpaint(stale, steps=4, placed=str(FOX)))
+    *_, (result, *_) = studio.inpaint({**stale, "background": Image.open(FOX)}, steps=4, placed=str(FOX))
+    kept = np.asarray(result.convert("RGB")) == load(FOX)
+    assert kept[40:, 40:].all() and not kept[12:28, 12:28].all(axis=-1).all()  # the fox, painted region redrawn

@@ -140,11 +140,27 @@ def fetch_image(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
 
 
+def editor_pixels(page) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#inp-editor").screenshot())).convert("RGB")).astype(int)
+    return shot[..., 0], shot[..., 1], shot[..., 2]
+
+
 def painted_pixels(page) -> int:
     """How many pixels of the editor show the pink brush (the fox has none)."""
-    shot = np.asarray(Image.open(io.BytesIO(page.locator("#inp-editor").screenshot())).convert("RGB")).astype(int)
-    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    r, g, b = editor_pixels(page)
     return int(((r > 200) & (b > 110) & (g < 160)).sum())
+
+
+def wait_for_fox(page, timeout_s: float = 20.0) -> None:
+    """Until the editor's canvas shows the fox's orange fur and not the smiley's yellow face."""
+    for _ in range(int(timeout_s * 2)):
+        r, g, b = editor_pixels(page)
+        orange = int(((r > 200) & (g > 50) & (g < 150) & (b < 60)).sum())
+        yellow = int(((r > 200) & (g > 180) & (b < 90)).sum())
+        if orange > 1000 and yellow < orange // 4:
+            return
+        page.wait_for_timeout(500)
+    pytest.fail(f"the editor never showed the picked example (orange {orange}, yellow {yellow} pixels)")
 
 
 def paint_stroke(page) -> None:
@@ -169,11 +185,8 @@ def paint_stroke(page) -> None:
 def test_inpaint_a_painted_stroke(page):
     open_tab(page, "Inpaint")
     page.locator("#inp-editor canvas").first.wait_for()
-    # Let the editor finish loading its preset before replacing it, and the example land after it:
-    # under load a preset that finishes late is what the editor sends (see the note on issue 5).
-    page.wait_for_timeout(3000)
     page.locator("#inp-examples .gallery-item").first.click()  # the fox, with no mask yet
-    page.wait_for_timeout(2000)
+    wait_for_fox(page)  # painting before the canvas has the new picture would mask the old one
     paint_stroke(page)
     times = run_and_watch(page, "Inpaint", "inp")
     assert times, "no frame reached the page"

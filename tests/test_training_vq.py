@@ -7,6 +7,7 @@ from PIL import Image
 
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import DataError
+from arpg_core.loading import load_tokenizer
 from arpg_core.training import common
 from arpg_core.training.train_vq import main
 
@@ -49,6 +50,20 @@ def test_train_then_resume(tmp_path):
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [3, 5]
     assert (out / "samples" / "step_000005.png").is_file() and (out / "vq.safetensors").is_file()
+
+
+def test_decoder_only_keeps_the_codes(tmp_path):
+    data, base, tuned = _make_folder(tmp_path), tmp_path / "base", tmp_path / "tuned"
+    args = f"--data {data} --batch-size 4 --eval-every 2 --save-every 100 --warmup 1 --threads 1 --steps 2".split()
+    main(args + ["--config", "VQ-tiny", "--out", str(base)])
+    with pytest.raises(SystemExit, match="needs --init"):
+        main(args + ["--out", str(tmp_path / "no-init"), "--decoder-only"])
+    main(args + ["--out", str(tuned), "--init", str(base / "vq.safetensors"), "--decoder-only", "--lr", "1e-2"])
+    before, after = load_tokenizer(base / "vq.safetensors"), load_tokenizer(tuned / "vq.safetensors")
+    changed = {k.split(".")[0] for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert changed == {"decoder", "post_quant_conv"}
+    images = ImageFolderDataset(data, before.config.image_size).load_all()[0]
+    assert torch.equal(before.encode(images), after.encode(images))
 
 
 def test_lr_and_balance():

@@ -14,7 +14,7 @@ from torch import nn
 
 from arpg_core.config import ConfigBase
 from arpg_core.errors import ConfigError
-from arpg_core.models.layers import Block, QueryAttention, RMSNorm, SelfAttention, ffn_hidden_dim
+from arpg_core.models.layers import Block, QueryAttention, RMSNorm, SelfAttention, embedding, ffn_hidden_dim
 from arpg_core.models.rotary import apply_rope, rope_table_2d
 from arpg_core.sampling.cache import DecodeCache, KVCache
 
@@ -96,7 +96,7 @@ class ARPG(nn.Module):
     def __init__(self, config: ARPGConfig):
         super().__init__()
         self.config = config
-        self.embeddings = nn.Embedding(config.table_size, config.dim)
+        self.embeddings = embedding(config.table_size, config.dim)
         self.layers = TwoPassStack(config)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)

@@ -9,6 +9,15 @@ from torch import nn
 from arpg_core.models.rotary import apply_rope
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding that skips its N(0, 1) init when built on the meta device (the loaders do that):
+    `normal_` on meta goes through torch._refs, whose first call imports torch._dynamo (~2-3 s)."""
+    weight = torch.empty(num, dim)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()

@@ -16,6 +16,7 @@ from torch import nn
 
 from arpg_core.config import ConfigBase
 from arpg_core.errors import ConfigError
+from arpg_core.models.layers import embedding
 
 CODEBOOK_USED_SLOTS = 65536  # size of LlamaGen's `codebook_used` buffer, kept for strict loading
 
@@ -234,9 +235,9 @@ class VectorQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig, beta: float = 0.25, entropy_weight: float = 0.0):
         super().__init__()
         self.l2_norm, self.beta, self.entropy_weight = cfg.codebook_l2_norm, beta, entropy_weight
-        self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+        self.embedding = embedding(cfg.codebook_size, cfg.codebook_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
-        if self.l2_norm:
+        if self.l2_norm and not self.embedding.weight.is_meta:  # no values on meta (and no dynamo import)
             self.embedding.weight.data = F.normalize(self.embedding.weight.data, dim=-1)
         self.register_buffer("codebook_used", torch.zeros(CODEBOOK_USED_SLOTS))
 

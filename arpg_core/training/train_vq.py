@@ -3,6 +3,12 @@
     python -m arpg_core.training.train_vq --data data/emoji/train --config VQ-emoji \
         --out runs/vq-emoji --steps 600 --batch-size 64
 
+Decoder fine-tuning keeps the encoder and codebook frozen, so the codes do not change and an ARPG
+trained on the --init tokenizer's codes stays valid:
+
+    python -m arpg_core.training.train_vq --data data/emoji/train --init runs/vq-emoji/vq.safetensors \
+        --decoder-only --out runs/vq-emoji-dec --steps 1000
+
 Resumes from `<out>/last.pt` when it exists (pass --fresh to start over). On a shared CPU set
 OMP_WAIT_POLICY=PASSIVE: with another busy process, spinning OpenMP threads cost ~1.7x.
 """
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.loading import save_checkpoint
+from arpg_core.loading import load_tokenizer, save_checkpoint
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
 
@@ -49,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (slow on CPUs without AVX512-BF16)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--init", type=Path, help="start a new run from these tokenizer weights (a .safetensors/.pt file)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="freeze encoder and codebook, train the decoder: codes do not change, so an ARPG "
+                        "trained on the --init tokenizer's codes stays valid")
     return p.parse_args(argv)
 
 
@@ -80,10 +90,11 @@ class CodeTracker:
         return (self.counts > 0).float().mean().item()
 
     @torch.no_grad()
-    def reseed(self, model: VQModel, optimizer, ema: common.EMA, gen: torch.Generator) -> int:
-        """Unused codes <- random recent encoder outputs (in the EMA copy too, so it does not lag)."""
+    def reseed(self, model: VQModel, optimizer, ema: common.EMA, gen: torch.Generator, dry: bool = False) -> int:
+        """Unused codes <- random recent encoder outputs (in the EMA copy too, so it does not lag).
+        `dry` only counts them and starts a new window (a frozen codebook stays as it is)."""
         dead = (self.counts == 0).nonzero().flatten()
-        if len(dead) and len(self.recent):
+        if len(dead) and len(self.recent) and not dry:
             pick = torch.randint(len(self.recent), (len(dead),), generator=gen)
             weight = model.quantize.embedding.weight
             weight[dead] = self.recent[pick].to(weight.dtype)
@@ -98,8 +109,9 @@ class CodeTracker:
 
 def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
     with common.autocast(args.bf16):
-        latents = model.encode_latents(images)
-        z_q, vq = model.quantize(latents)
+        with torch.set_grad_enabled(not args.decoder_only):
+            latents = model.encode_latents(images)
+            z_q, vq = model.quantize(latents)
         recon = model.decoder(model.post_quant_conv(z_q))
     terms = reconstruction_loss(recon, images.float(), args.edge_weight)
     loss = sum(terms.values()) + vq.total
@@ -164,8 +176,19 @@ def run_eval(model, ema, val, step, args, progress) -> None:
 def build(args):
     ckpt_path = args.out / common.CHECKPOINT_NAME
     state = None if args.fresh or not ckpt_path.exists() else common.load_checkpoint(ckpt_path)
-    cfg = VQConfig.from_dict(state["config"]) if state else VQConfig.from_spec(args.config)
+    start = load_tokenizer(args.init) if args.init is not None and state is None else None
+    if state:
+        cfg = VQConfig.from_dict(state["config"])
+    else:
+        cfg = start.config if start is not None else VQConfig.from_spec(args.config)
+    if args.decoder_only and state is None and start is None:
+        raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
     model = VQModel(cfg, entropy_weight=args.entropy_weight)
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+    if args.decoder_only:
+        for part in (model.encoder, model.quant_conv, model.quantize):
+            part.requires_grad_(False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = common.EMA(model, args.ema_decay)
@@ -206,7 +229,7 @@ def train(args: argparse.Namespace) -> int:
             step += 1
             progress.update(logs["loss"], usage=tracker.usage())
             if step % args.reinit_every == 0:
-                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen)
+                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen, dry=args.decoder_only)
                 common.log_jsonl(args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead})
             if val is not None and (step % args.eval_every == 0 or step == args.steps):
                 run_eval(model, ema, val, step, args, progress)
