@@ -308,7 +308,7 @@ class Studio:
     @user_errors
     def summarize(self, run: Run | None):
         """-> (order maps, step slider, GIF file) once a run has finished or stopped."""
-        if run is None or run.step_map is None:
+        if run is None or run.step_map is None or run.shown is None:  # nothing yet, or summarized already
             return gr.skip(), gr.skip(), gr.skip()
         pipeline = self.pipeline(run.model)
         maps = side_by_side([pipeline.order_map(m, run.scale) for m in run.step_map])

@@ -237,6 +237,9 @@ def test_stop_cancels_a_run(page):
     page.get_by_role("button", name="Stop").first.click()
     page.wait_for_timeout(1500)
     assert "done" not in page.locator("#gen-counter").inner_text()
+    page.get_by_text("Decoding order and replay").first.click()  # the steps done are kept, as map and GIF
+    page.locator("#gen-maps img").first.wait_for()
+    page.locator("#gen-gif a[download$='.gif']").wait_for()
     set_number(page, "#steps", 4)  # the queue is free again
     page.locator("#num-images input[type=number]").fill("1")
     page.locator("#num-images input[type=number]").press("Enter")
