@@ -70,6 +70,8 @@ class Pipeline:
                               f"{tokenizer.config.codebook_size}")
         self.model, self.tokenizer = model, tokenizer
         names = class_names or getattr(model, "class_names", None)
+        if names and len(names) != model.config.num_classes:
+            raise ConfigError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
         self.class_names = list(names) if names else [f"class {i}" for i in range(model.config.num_classes)]
         self.cell = tokenizer.config.downsample
         self.device = model.embeddings.weight.device
@@ -78,12 +80,14 @@ class Pipeline:
         self.filler = int(codes.flatten().mode().values)
 
     @classmethod
-    def load(cls, model_source, tokenizer_source, device: str | None = None) -> Pipeline:
+    def load(cls, model_source, tokenizer_source, device: str | None = None,
+             class_names: list[str] | None = None) -> Pipeline:
+        """class_names: overrides the names stored in the checkpoint (published ones store none)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = load_model(model_source, device=device, dtype=dtype)
         tokenizer = load_tokenizer(tokenizer_source, device=device)  # the VQ stays in float32
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, class_names)
 
     @property
     def grid(self) -> int:

@@ -125,3 +125,13 @@ def test_open_image_refuses_bad_input():
         open_image(encoded(picture(), "PNG")[:200])
     with pytest.raises(ImageInputError, match="limit"):
         open_image(encoded(Image.new("RGB", (300, 300))), max_pixels=10_000)
+
+
+def test_load_names_from_the_file_or_the_caller(pipe, tmp_path):
+    model_path, vq_path = tmp_path / "m.safetensors", tmp_path / "vq.safetensors"
+    arpg_core.save_checkpoint(pipe.model, model_path, class_names=["x", "y", "z"])
+    arpg_core.save_checkpoint(pipe.tokenizer, vq_path)
+    assert Pipeline.load(model_path, vq_path, device="cpu").class_names == ["x", "y", "z"]
+    assert Pipeline.load(model_path, vq_path, device="cpu", class_names=["p", "q", "r"]).class_names == ["p", "q", "r"]
+    with pytest.raises(arpg_core.ConfigError, match="2 class names"):
+        Pipeline.load(model_path, vq_path, device="cpu", class_names=["p", "q"])
