@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ConfigError, DataError
@@ -94,7 +94,8 @@ def cached_codes(tokenizer_path: Path, tokenizer: VQModel, folder: Path, out: Pa
 @torch.no_grad()
 def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8, steps: int = 64,
                  cfg_scale: float = 4.0, seed: int = 0) -> Path:
-    """One row per class, `per_class` samples each, decoded to pixels."""
+    """One row per class, `per_class` samples each, decoded to pixels; labelled when the model has
+    class names."""
     rows = []
     g = model.config.grid_size
     for c in range(model.config.num_classes):
@@ -104,8 +105,18 @@ def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8
         rows.append(torch.cat(list(images), dim=-1))
     sheet = torch.cat(rows, dim=-2)
     array = ((sheet + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(array)
+    names = getattr(model, "class_names", None)
+    if names:  # the class asked for, left of each row
+        row_h, margin = image.height // len(rows), 120
+        labelled = Image.new("RGB", (image.width + margin, image.height), "white")
+        labelled.paste(image, (margin, 0))
+        draw = ImageDraw.Draw(labelled)
+        for c, name in enumerate(names):
+            draw.text((4, c * row_h + row_h // 2), name, fill=(30, 30, 30), anchor="lm")
+        image = labelled
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    image.save(path)
     return path
 
 
@@ -124,6 +135,7 @@ def evaluate(model, ema, val, unigram, step, args, progress) -> None:
 def snapshot(model, ema, tokenizer, step, args, names) -> None:
     """Sample sheet and exported EMA weights, so a run can be inspected and used while it trains."""
     averaged = ema.module(model).eval()
+    averaged.class_names = names
     sample_sheet(averaged, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
     save_checkpoint(averaged, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
                     extra_metadata={"step": str(step)})
