@@ -14,6 +14,7 @@ from app.handlers import MAX_IMAGES, Studio
 from app.inputs import SafeImage, SafeImageEditor
 from app.models import ASSETS, ModelCache, registry
 from app.outpaint_frame import OutpaintFrame
+from arpg_core.imageio import open_image
 from arpg_core.pipeline import MAX_CANVAS_CELLS
 from arpg_core.sampling.plan import CFG_SCHEDULES, ORDERS, SCHEDULES
 
@@ -232,7 +233,10 @@ def _inpaint_tab(examples: list[str]) -> Tab:
         with gr.Column(scale=1):
             result = _view("Result", 280, elem_id="inp-result")
             view = _live_view("inp")
-    picks.click(lambda index: (Studio.to_editor(examples[index]), examples[index]), picks, [editor, placed], **LIGHT)
+    def pick(index: int):  # a picture, not a path: Gradio serves returned paths only from allowed folders
+        return Studio.to_editor(open_image(examples[index])), examples[index]
+
+    picks.click(pick, picks, [editor, placed], **LIGHT)
     editor.upload(lambda: None, None, placed, **LIGHT)
     return Tab("inpaint", button, stop, [editor], result, view, extra=[placed])
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from PIL import Image
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.defaults import default_model_source, default_tokenizer_source
 from arpg_core.errors import DataError
+from arpg_core.imageio import open_image
 from arpg_core.pipeline import Pipeline, run_to_end
 from arpg_core.sampling.options import SamplingOptions
 
@@ -48,18 +51,28 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float(-10 * np.log10(max(((x - y) ** 2).mean(), 1e-10)))
 
 
-def pairs(small: Path, large: Path, limit: int | None) -> list[tuple[Path, Path, int]]:
-    """(small image, the same image at twice the size, class index), spread over the classes."""
+def class_of(folder: Path, class_names: list[str]) -> int | None:
+    """The model's class for a class folder: its `<index>_` prefix (as the emoji builder and the
+    trainers name them) or its exact class name; None (unconditional) otherwise."""
+    prefix = re.match(r"(\d+)_", folder.name)
+    index = int(prefix.group(1)) if prefix else class_names.index(folder.name) if folder.name in class_names else None
+    if index is not None and index >= len(class_names):
+        raise DataError(f"folder {folder.name} names class {index}; the model has {len(class_names)} classes")
+    return index
+
+
+def pairs(small: Path, large: Path, limit: int | None, class_names: list[str]) -> list[tuple[Path, Path, int | None]]:
+    """(small image, the same image at twice the size, model class), round-robin over the classes."""
     data = ImageFolderDataset(small, 1)
-    found = [(f, large / f.relative_to(small), label) for f, label in data.samples]
-    found = [p for p in found if p[1].is_file()]
-    if not found:
+    by_folder: dict[Path, list] = {}
+    for f, _ in sorted(data.samples):
+        twin = large / f.relative_to(small)
+        if twin.is_file():
+            by_folder.setdefault(f.parent, []).append((f, twin, class_of(f.parent, class_names)))
+    if not by_folder:
         raise DataError(f"no image of {small} has a counterpart under {large}")
-    found.sort(key=lambda p: (p[2], p[0].name))
-    by_class = [[p for p in found if p[2] == c] for c in range(data.num_classes)]
-    interleaved = [p for group in zip(*by_class, strict=False) for p in group]  # round-robin over classes
-    rest = [p for p in found if p not in interleaved]
-    return (interleaved + rest)[:limit]
+    spread = [p for group in itertools.zip_longest(*by_folder.values()) for p in group if p is not None]
+    return spread[:limit]
 
 
 def evaluate(pipe: Pipeline, items, options: SamplingOptions, seed: int = 0) -> list[dict]:
@@ -67,8 +80,8 @@ def evaluate(pipe: Pipeline, items, options: SamplingOptions, seed: int = 0) -> 
     rows = {name: {"truth": [], "source": [], "seconds": []} for name in VARIANTS}
     base = {"bicubic": [], "vq_roundtrip": []}
     for i, (small_path, large_path, label) in enumerate(items):
-        source = Image.open(small_path).convert("RGB").resize((size, size), Image.LANCZOS)
-        truth = Image.open(large_path).convert("RGB").resize((2 * size, 2 * size), Image.LANCZOS)
+        source = open_image(small_path).resize((size, size), Image.LANCZOS)
+        truth = open_image(large_path).resize((2 * size, 2 * size), Image.LANCZOS)
         base["bicubic"].append(psnr(source.resize(truth.size, Image.BICUBIC), truth))
         tokens = pipe.encode(truth, (2 * pipe.grid, 2 * pipe.grid))
         base["vq_roundtrip"].append(psnr(pipe.decode(tokens[None])[0], truth))
@@ -80,7 +93,7 @@ def evaluate(pipe: Pipeline, items, options: SamplingOptions, seed: int = 0) -> 
             rows[name]["truth"].append(psnr(out, truth))
             rows[name]["source"].append(psnr(out.resize(source.size, Image.BOX), source))
     truth = np.array([rows[name]["truth"] for name in VARIANTS])  # [variants, images]
-    wins = np.bincount(truth.argmax(0), minlength=len(VARIANTS))
+    wins = np.bincount(truth.argmax(0), minlength=len(VARIANTS))  # a tie goes to the first listed
     results = []
     for k, (name, row) in enumerate(rows.items()):
         results.append({
@@ -105,11 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.limit < 1 or args.steps < 1:
+        p.error("--limit and --steps must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.load(args.model or default_model_source(), args.tokenizer or default_tokenizer_source())
     options = SamplingOptions(steps=args.steps, cfg_scale=args.cfg_scale)
-    for row in evaluate(pipe, pairs(args.small, args.large, args.limit), options, args.seed):
+    for row in evaluate(pipe, pairs(args.small, args.large, args.limit, pipe.class_names), options, args.seed):
         print(json.dumps(row), flush=True)
 
 

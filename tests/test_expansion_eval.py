@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from arpg_core.errors import DataError
-from arpg_core.expansion_eval import VARIANTS, main, pairs
+from arpg_core.expansion_eval import VARIANTS, class_of, main, pairs
 from tests.conftest import ROOT
 
 FOX = ROOT / "assets" / "examples" / "fox.png"
@@ -22,7 +22,11 @@ def test_rows_for_every_variant_and_baseline(tmp_path, capsys):
     fox.save(small / "fox.png")
     fox.resize((128, 128), Image.BICUBIC).save(large / "fox.png")  # "truth" = the bicubic upscale itself
     (small / "unmatched.png").write_bytes((small / "fox.png").read_bytes())
-    assert len(pairs(small.parent, large.parent, None)) == 1
+    names = [f"class {i}" for i in range(9)]
+    assert pairs(small.parent, large.parent, None, names) == [(small / "fox.png", large / "fox.png", 2)]
+    assert class_of(small.parent / "Flags", [*names[:8], "Flags"]) == 8 and class_of(small.parent, names) is None
+    with pytest.raises(DataError, match="names class 12"):
+        class_of(small.parent / "12_more", names)
     main(["--small", str(small.parent), "--large", str(large.parent), "--limit", "1", "--steps", "8"])
     rows = {row["variant"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
     assert set(rows) == {*VARIANTS, "bicubic", "vq_roundtrip"}
@@ -30,4 +34,4 @@ def test_rows_for_every_variant_and_baseline(tmp_path, capsys):
     assert sum(rows[v]["best_on"] for v in VARIANTS) == 1
     assert all(5 < rows[v]["psnr_vs_truth"] < 60 and rows[v]["psnr_to_source"] > 5 for v in VARIANTS)
     with pytest.raises(DataError):
-        pairs(small.parent, tmp_path / "nowhere", None)
+        pairs(small.parent, tmp_path / "nowhere", None, names)

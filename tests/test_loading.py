@@ -138,3 +138,18 @@ def test_hf_source_resolves_from_local_cache_offline(tmp_path):
 def test_bad_hub_uri():
     with pytest.raises(arpg_core.CheckpointError, match="hf://owner/repo/filename"):
         arpg_core.load_model("hf://only-owner")
+
+
+def test_loading_the_embedded_files_stays_light():
+    """Building on the meta device must not run value initialisers there: their first call imports
+    torch._dynamo, which cost ~2 s of the 2 s load budget. On a real device the weights are initialised."""
+    code = (
+        "import sys, arpg_core\n"
+        "from arpg_core.defaults import EMBEDDED_MODEL, EMBEDDED_TOKENIZER\n"
+        "arpg_core.load_model(EMBEDDED_MODEL); arpg_core.load_tokenizer(EMBEDDED_TOKENIZER)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+    weight = arpg_core.build_model("ARPG-tiny").embeddings.weight
+    assert 0.8 < weight.std().item() < 1.2

@@ -58,6 +58,8 @@ def test_decoder_only_keeps_the_codes(tmp_path):
     main(args + ["--config", "VQ-tiny", "--out", str(base)])
     with pytest.raises(SystemExit, match="needs --init"):
         main(args + ["--out", str(tmp_path / "no-init"), "--decoder-only"])
+    with pytest.raises(SystemExit, match="without --decoder-only"):
+        main(args + ["--out", str(base), "--decoder-only", "--steps", "3"])
     main(args + ["--out", str(tuned), "--init", str(base / "vq.safetensors"), "--decoder-only", "--lr", "1e-2"])
     before, after = load_tokenizer(base / "vq.safetensors"), load_tokenizer(tuned / "vq.safetensors")
     changed = {k.split(".")[0] for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}

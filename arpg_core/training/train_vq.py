@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="train image folder (class sub-folders or flat)")
     p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
-    p.add_argument("--config", default="VQ-emoji", help="VQConfig preset name or a JSON file")
+    p.add_argument("--config", help="VQConfig preset name or a JSON file (default: VQ-emoji, or the --init file's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     p.add_argument("--batch-size", type=int, default=64)
@@ -92,9 +92,12 @@ class CodeTracker:
     @torch.no_grad()
     def reseed(self, model: VQModel, optimizer, ema: common.EMA, gen: torch.Generator, dry: bool = False) -> int:
         """Unused codes <- random recent encoder outputs (in the EMA copy too, so it does not lag).
-        `dry` only counts them and starts a new window (a frozen codebook stays as it is)."""
+        `dry` starts a new counting window and changes nothing (a frozen codebook stays as it is)."""
         dead = (self.counts == 0).nonzero().flatten()
-        if len(dead) and len(self.recent) and not dry:
+        if dry:
+            self.counts.zero_()
+            return 0
+        if len(dead) and len(self.recent):
             pick = torch.randint(len(self.recent), (len(dead),), generator=gen)
             weight = model.quantize.embedding.weight
             weight[dead] = self.recent[pick].to(weight.dtype)
@@ -176,13 +179,18 @@ def run_eval(model, ema, val, step, args, progress) -> None:
 def build(args):
     ckpt_path = args.out / common.CHECKPOINT_NAME
     state = None if args.fresh or not ckpt_path.exists() else common.load_checkpoint(ckpt_path)
-    start = load_tokenizer(args.init) if args.init is not None and state is None else None
+    if state is not None:
+        was = bool(state.get("args", {}).get("decoder_only", False))
+        if was != args.decoder_only:
+            raise SystemExit(f"{ckpt_path} was trained {'with' if was else 'without'} --decoder-only; resume it "
+                             f"the same way, or pass --fresh to start over")
+        if args.init is not None:
+            print(f"resuming from {ckpt_path}; --init is used only on a fresh start", flush=True)
+    start = load_tokenizer(args.init, config=args.config) if args.init is not None and state is None else None
     if state:
         cfg = VQConfig.from_dict(state["config"])
     else:
-        cfg = start.config if start is not None else VQConfig.from_spec(args.config)
-    if args.decoder_only and state is None and start is None:
-        raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
+        cfg = start.config if start is not None else VQConfig.from_spec(args.config or "VQ-emoji")
     model = VQModel(cfg, entropy_weight=args.entropy_weight)
     if start is not None:
         model.load_state_dict(start.state_dict())
@@ -245,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
         raise SystemExit("--steps and --batch-size must be positive")
+    if args.decoder_only and args.init is None and (args.fresh or not (args.out / common.CHECKPOINT_NAME).exists()):
+        raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
     train(args)
 
 
