@@ -195,7 +195,7 @@ def cmd_outpaint(args) -> None:
 def cmd_expand(args) -> None:
     pipe = load_pipeline(args)
     run_edit(args, pipe.expand(read_image(args.image), args.class_, args.seed, sampling_options(args),
-                               windowed=not args.global_rope))
+                               windowed=args.windowed))
 
 
 def cmd_bench(args) -> None:
@@ -235,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "outpaint":
             p.add_argument("--pad", required=True, help="token cells to add: top,right,bottom,left (or one number)")
         if name == "expand":
-            p.add_argument("--global-rope", action="store_true",
-                           help="decode the whole 2x grid at once with interpolated positions instead of windows")
+            p.add_argument("--windowed", action="store_true",
+                           help="decode in overlapping windows of the trained grid instead of the whole 2x grid at "
+                                "once with interpolated positions (the default: better in the README's comparison)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="parallel vs raster decoding and KV-cache size", add_help=False)

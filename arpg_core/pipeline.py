@@ -245,8 +245,11 @@ class Pipeline:
         return self._frames(events, canvas.tokens[None], finish)
 
     def expand(self, image, label: int | None, seed: int = 0, options: SamplingOptions | None = None,
-               windowed: bool = True) -> Iterator[Frame]:
-        """Twice the token grid in each direction; the source tokens sit on the even cells."""
+               windowed: bool = False) -> Iterator[Frame]:
+        """Twice the token grid in each direction; the source tokens sit on the even cells.
+        By default one pass over the whole grid with positions interpolated into the trained range
+        (`options.rope_interpolation`); `windowed` decodes overlapping windows of the trained grid
+        instead. `python -m arpg_core.expansion_eval` compares the two (see the README)."""
         image = open_image(image)
         canvas = expand_canvas(self.encode(image, cell_grid(image.width, image.height, self.grid)))
         self._check_canvas(canvas)
