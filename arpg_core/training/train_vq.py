@@ -186,6 +186,8 @@ def build(args):
                              f"the same way, or pass --fresh to start over")
         if args.init is not None:
             print(f"resuming from {ckpt_path}; --init is used only on a fresh start", flush=True)
+    elif args.decoder_only and args.init is None:
+        raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
     start = load_tokenizer(args.init, config=args.config) if args.init is not None and state is None else None
     if state:
         cfg = VQConfig.from_dict(state["config"])
@@ -209,8 +211,8 @@ def train(args: argparse.Namespace) -> int:
     """Runs to args.steps (or until SIGINT/SIGTERM); returns the step reached."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
     args.out.mkdir(parents=True, exist_ok=True)
-    cfg, model, ema, optimizer, step = build(args)
     train_set, images, labels, val = load_data(args, cfg)
     print(
         f"VQ {cfg.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
@@ -253,8 +255,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
         raise SystemExit("--steps and --batch-size must be positive")
-    if args.decoder_only and args.init is None and (args.fresh or not (args.out / common.CHECKPOINT_NAME).exists()):
-        raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
     train(args)
 
 
