@@ -9,7 +9,7 @@ from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import DataError
 from arpg_core.loading import load_tokenizer
 from arpg_core.training import common
-from arpg_core.training.train_vq import main
+from arpg_core.training.train_vq import main, reconstruction_loss
 
 
 def _make_folder(root, n_per_class=4, size=32):
@@ -60,12 +60,21 @@ def test_decoder_only_keeps_the_codes(tmp_path):
         main(args + ["--out", str(tmp_path / "no-init"), "--decoder-only"])
     with pytest.raises(SystemExit, match="without --decoder-only"):
         main(args + ["--out", str(base), "--decoder-only", "--steps", "3"])
-    main(args + ["--out", str(tuned), "--init", str(base / "vq.safetensors"), "--decoder-only", "--lr", "1e-2"])
+    pure_mse = ["--l1-weight", "0", "--edge-weight", "0"]
+    main(args + ["--out", str(tuned), "--init", str(base / "vq.safetensors"), "--decoder-only", "--lr", "1e-2"] + pure_mse)
     before, after = load_tokenizer(base / "vq.safetensors"), load_tokenizer(tuned / "vq.safetensors")
     changed = {k.split(".")[0] for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
     assert changed == {"decoder", "post_quant_conv"}
     images = ImageFolderDataset(data, before.config.image_size).load_all()[0]
     assert torch.equal(before.encode(images), after.encode(images))
+
+
+def test_reconstruction_loss_terms():
+    recon, target = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    terms = reconstruction_loss(recon, target, edge_weight=0.0, l1_weight=0.0)
+    assert set(terms) == {"mse"} and terms["mse"].item() == pytest.approx(1.0)
+    terms = reconstruction_loss(recon, target, edge_weight=0.5, l1_weight=2.0)
+    assert terms["l1"].item() == pytest.approx(2.0) and terms["edge"].item() == 0.0
 
 
 def test_lr_and_balance():

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--l1-weight", type=float, default=1.0, help="L1 on pixels, beside the MSE (0: pure MSE, "
+                   "which is what PSNR measures)")
     p.add_argument("--edge-weight", type=float, default=0.5, help="L1 on image gradients")
     p.add_argument("--entropy-weight", type=float, default=0.0)
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
@@ -62,9 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float) -> dict:
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float, l1_weight: float = 1.0) -> dict:
     recon = recon.float()
-    terms = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
+    terms = {"mse": F.mse_loss(recon, target)}
+    if l1_weight > 0:
+        terms["l1"] = l1_weight * F.l1_loss(recon, target)
     if edge_weight > 0:
         dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
         dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
@@ -116,7 +120,7 @@ def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
             latents = model.encode_latents(images)
             z_q, vq = model.quantize(latents)
         recon = model.decoder(model.post_quant_conv(z_q))
-    terms = reconstruction_loss(recon, images.float(), args.edge_weight)
+    terms = reconstruction_loss(recon, images.float(), args.edge_weight, args.l1_weight)
     loss = sum(terms.values()) + vq.total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
