@@ -85,3 +85,31 @@ def test_lr_and_balance():
     assert weights[:3].sum() == pytest.approx(weights[3])
     groups = common.param_groups(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)), 0.1)
     assert [len(g["params"]) for g in groups] == [1, 3]
+
+
+def test_eval_vq_reports_psnr_and_codes(tmp_path, capsys):
+    from arpg_core.training import eval_vq
+
+    data, out = _make_folder(tmp_path), tmp_path / "run"
+    main(f"--data {data} --config VQ-tiny --out {out} --batch-size 4 --steps 2 --eval-every 2 --threads 1".split())
+    tok = load_tokenizer(out / "vq.safetensors")
+    results = eval_vq.main(["--tokenizer", str(out / "vq.safetensors"), "--data", str(data), str(data.parent / "val")])
+    train, val = results
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()[-2:]] == results
+    assert train["images"] == 8 and val["images"] == 2 and set(train["psnr_db_per_class"]) == {"0_red", "1_blue"}
+    images = ImageFolderDataset(data.parent / "val", tok.config.image_size).load_all()[0]
+    with torch.no_grad():
+        codes = tok.encode(images)
+        expected = eval_vq.psnr_per_image(tok.decode(codes), images).mean().item()
+    assert val["psnr_db"] == pytest.approx(expected, abs=0.01)
+    assert val["codes_used"] == codes.unique().numel() and 1.0 <= val["perplexity"] <= val["codes_used"]
+
+
+def test_code_stats():
+    from arpg_core.training.eval_vq import code_stats, psnr_per_image
+
+    assert code_stats(torch.tensor([0, 1, 2, 3]), 8) == {"codes_used": 4, "usage": 0.5, "perplexity": 4.0}
+    assert code_stats(torch.tensor([5, 5, 5]), 8) == {"codes_used": 1, "usage": 0.125, "perplexity": 1.0}
+    same = torch.zeros(2, 3, 4, 4)
+    assert psnr_per_image(same, same).tolist() == [100.0, 100.0]  # clamped, not inf
+    assert psnr_per_image(torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4)).item() == pytest.approx(0.0)

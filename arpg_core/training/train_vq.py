@@ -28,6 +28,7 @@ from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.loading import load_tokenizer, save_checkpoint
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
+from arpg_core.training.eval_vq import psnr_per_image
 
 EXPORT_NAME = "vq.safetensors"
 
@@ -140,8 +141,7 @@ def evaluate(model: VQModel, images: torch.Tensor, bf16: bool, batch: int = 64) 
             outs.append(model.decode(model.encode(chunk)).float().clamp(-1, 1))
     model.train()
     recon = torch.cat(outs)
-    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return (-10 * torch.log10(mse)).mean().item(), recon
+    return psnr_per_image(recon, images).mean().item(), recon
 
 
 def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> None:
