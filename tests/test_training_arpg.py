@@ -6,12 +6,12 @@ import arpg_core
 from arpg_core.training import common
 from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
-from tests.test_training_vq import _make_folder
+from tests.test_training_vq import StopAfter, _make_folder
 
 TINY = dict(dim=64, n_layer=2, n_head=1, vocab_size=64, num_classes=2, grid_size=16, multiple_of=32)
 
 
-def test_train_resume_export(tmp_path):
+def _tiny_run(tmp_path):
     data = _make_folder(tmp_path)
     torch.manual_seed(0)
     vq_path = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "vq.safetensors")
@@ -19,6 +19,20 @@ def test_train_resume_export(tmp_path):
     config.write_text(json.dumps(TINY))
     out = tmp_path / "run"
     args = f"--data {data} --tokenizer {vq_path} --config {config} --out {out} --batch-size 4".split()
+    return vq_path, out, args
+
+
+def test_stopped_run_exports_the_weights_it_reached(tmp_path, monkeypatch):
+    _, out, args = _tiny_run(tmp_path)
+    monkeypatch.setattr(common, "StopFlag", lambda: StopAfter(2))
+    main(args + "--steps 50 --eval-every 20 --sample-every 20 --threads 1".split())
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 2
+    exported = arpg_core.load_model(out / "arpg.safetensors")
+    assert exported.class_names == ["0_red", "1_blue"] and not (out / "samples").exists()  # no sheet on a stop
+
+
+def test_train_resume_export(tmp_path):
+    vq_path, out, args = _tiny_run(tmp_path)
     args += "--eval-every 3 --sample-every 5 --save-every 100 --warmup 1 --threads 1".split()
     main(args + ["--steps", "3"])
     assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 3

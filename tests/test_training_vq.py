@@ -52,6 +52,41 @@ def test_train_then_resume(tmp_path):
     assert (out / "samples" / "step_000005.png").is_file() and (out / "vq.safetensors").is_file()
 
 
+class StopAfter:
+    """Stands in for common.StopFlag: reports a stop request after `n` loop checks (as if Ctrl-C)."""
+
+    def __init__(self, n: int):
+        self.n, self.reads = n, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    @property
+    def stop(self) -> bool:
+        self.reads += 1
+        return self.reads > self.n
+
+
+def test_flat_folder_without_val_is_measured_and_exported(tmp_path):
+    data, out = _make_folder(tmp_path) / "0_red", tmp_path / "run"  # flat folder, no 'val' sibling
+    main(f"--data {data} --config VQ-tiny --out {out} --batch-size 4 --steps 2 --eval-every 2 --threads 1".split())
+    record = json.loads((out / "eval.jsonl").read_text())
+    assert record["step"] == 2 and record["train_psnr"] > 0 and "val_psnr" not in record
+    assert load_tokenizer(out / "vq.safetensors").config.image_size == 32
+
+
+def test_stopped_run_exports_the_weights_it_reached(tmp_path, monkeypatch):
+    data, out = _make_folder(tmp_path), tmp_path / "run"
+    monkeypatch.setattr(common, "StopFlag", lambda: StopAfter(3))
+    main(f"--data {data} --config VQ-tiny --out {out} --batch-size 4 --steps 50 --eval-every 20 --threads 1".split())
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 3
+    assert [json.loads(line)["step"] for line in (out / "eval.jsonl").read_text().splitlines()] == [3]
+    assert (out / "vq.safetensors").is_file()
+
+
 def test_decoder_only_keeps_the_codes(tmp_path):
     data, base, tuned = _make_folder(tmp_path), tmp_path / "base", tmp_path / "tuned"
     args = f"--data {data} --batch-size 4 --eval-every 2 --save-every 100 --warmup 1 --threads 1 --steps 2".split()

@@ -132,11 +132,12 @@ def evaluate(model, ema, val, unigram, step, args, progress) -> None:
     common.log_jsonl(args.out / "eval.jsonl", record)
 
 
-def snapshot(model, ema, tokenizer, step, args, names) -> None:
-    """Sample sheet and exported EMA weights, so a run can be inspected and used while it trains."""
+def snapshot(model, ema, tokenizer, step, args, names, sheet: bool = True) -> None:
+    """Exported EMA weights (and a sample sheet), so a run can be inspected and used while it trains."""
     averaged = ema.module(model).eval()
     averaged.class_names = names
-    sample_sheet(averaged, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
+    if sheet:
+        sample_sheet(averaged, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
     save_checkpoint(averaged, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
                     extra_metadata={"step": str(step)})
 
@@ -198,6 +199,8 @@ def train(args: argparse.Namespace) -> int:
                 snapshot(model, ema, tokenizer, step, args, names)
             if step % args.save_every == 0:
                 save()
+        if flag.stop and step % args.sample_every:  # stopped early: export the weights reached, skip the sheet
+            snapshot(model, ema, tokenizer, step, args, names, sheet=False)
     save()
     progress.close()
     print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)

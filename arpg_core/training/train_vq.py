@@ -160,21 +160,23 @@ def load_data(args, cfg: VQConfig) -> tuple[ImageFolderDataset, torch.Tensor, to
     return train, images, labels, val
 
 
-def run_eval(model, ema, val, step, args, progress) -> None:
+def run_eval(model, ema, val, step, args, progress, split: str = "val") -> None:
+    """PSNR of the raw and EMA weights on `val`, a reconstruction sheet, and the better weights exported.
+    `split` names what `val` is ("train" when there is no held-out folder)."""
     ema_model = ema.module(model)
     psnr_ema, recon_ema = evaluate(ema_model, val, args.bf16)
     psnr_raw, recon_raw = evaluate(model, val, args.bf16)
     use_ema = psnr_ema >= psnr_raw  # early on the EMA lags; show and export whichever is better now
     recon = recon_ema if use_ema else recon_raw
-    record = {"step": step, "time": time.time(), "val_psnr_ema": psnr_ema, "val_psnr": psnr_raw}
+    record = {"step": step, "time": time.time(), f"{split}_psnr_ema": psnr_ema, f"{split}_psnr": psnr_raw}
     common.log_jsonl(args.out / "eval.jsonl", record)
-    progress.write(f"[eval] step {step}: val PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
+    progress.write(f"[eval] step {step}: {split} PSNR {psnr_raw:.2f} dB, EMA {psnr_ema:.2f} dB")
     n = min(8, len(val))
     save_sheet(args.out / "samples" / f"step_{step:06d}.png", val[:n], recon[:n])
     meta = {
         "step": str(step),
         "weights": "ema" if use_ema else "raw",
-        "val_psnr": f"{max(psnr_ema, psnr_raw):.3f}",
+        f"{split}_psnr": f"{max(psnr_ema, psnr_raw):.3f}",
     }
     save_checkpoint(ema_model if use_ema else model, args.out / EXPORT_NAME, dtype=torch.float32,
                     extra_metadata=meta)
@@ -218,6 +220,11 @@ def train(args: argparse.Namespace) -> int:
     cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
     args.out.mkdir(parents=True, exist_ok=True)
     train_set, images, labels, val = load_data(args, cfg)
+    split = "val" if val is not None else "train"
+    if val is None:  # still measure and export: pick raw vs EMA weights on a fixed slice of the training set
+        val = images[torch.linspace(0, len(images) - 1, min(64, len(images))).long()]  # across all classes
+        print("no held-out folder (--val-data, or a 'val' sibling of --data): PSNR is measured on 64 training "
+              "images", flush=True)
     print(
         f"VQ {cfg.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
         f"{len(images)} train images in {train_set.num_classes} classes | start step {step}",
@@ -245,10 +252,12 @@ def train(args: argparse.Namespace) -> int:
             if step % args.reinit_every == 0:
                 usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen, dry=args.decoder_only)
                 common.log_jsonl(args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead})
-            if val is not None and (step % args.eval_every == 0 or step == args.steps):
-                run_eval(model, ema, val, step, args, progress)
+            if step % args.eval_every == 0 or step == args.steps:
+                run_eval(model, ema, val, step, args, progress, split)
             if step % args.save_every == 0:
                 save()
+        if flag.stop and step % args.eval_every:  # stopped early: export the weights reached
+            run_eval(model, ema, val, step, args, progress, split)
     save()
     progress.close()
     print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
