@@ -223,8 +223,8 @@ def train(args: argparse.Namespace) -> int:
     split = "val" if val is not None else "train"
     if val is None:  # still measure and export: pick raw vs EMA weights on a fixed slice of the training set
         val = images[torch.linspace(0, len(images) - 1, min(64, len(images))).long()]  # across all classes
-        print("no held-out folder (--val-data, or a 'val' sibling of --data): PSNR is measured on 64 training "
-              "images", flush=True)
+        print(f"no held-out folder (--val-data, or a 'val' sibling of --data): PSNR is measured on {len(val)} "
+              "training images", flush=True)
     print(
         f"VQ {cfg.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
         f"{len(images)} train images in {train_set.num_classes} classes | start step {step}",
