@@ -96,7 +96,8 @@ def test_decoder_only_keeps_the_codes(tmp_path):
     with pytest.raises(SystemExit, match="without --decoder-only"):
         main(args + ["--out", str(base), "--decoder-only", "--steps", "3"])
     pure_mse = ["--l1-weight", "0", "--edge-weight", "0"]
-    main(args + ["--out", str(tuned), "--init", str(base / "vq.safetensors"), "--decoder-only", "--lr", "1e-2"] + pure_mse)
+    init = ["--init", str(base / "vq.safetensors")]
+    main(args + ["--out", str(tuned), *init, "--decoder-only", "--lr", "1e-2", *pure_mse])
     before, after = load_tokenizer(base / "vq.safetensors"), load_tokenizer(tuned / "vq.safetensors")
     changed = {k.split(".")[0] for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
     assert changed == {"decoder", "post_quant_conv"}
