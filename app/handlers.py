@@ -135,6 +135,12 @@ class Studio:
         except ARPGError as exc:
             gr.Warning(f"{model} could not be loaded ({exc}). Staying on {current}.")
             return current, current, gr.skip(), gr.skip(), gr.skip()
+        except Exception as exc:  # out of memory, a broken download...: the picker must not show a model not in use
+            log.exception("loading %s failed", model)
+            oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+            reason = "out of memory" if oom else type(exc).__name__
+            gr.Warning(f"{model} could not be loaded ({reason}; details in the server log). Staying on {current}.")
+            return current, current, gr.skip(), gr.skip(), gr.skip()
         choices = self.class_choices(model)
         return (
             model,
@@ -301,7 +307,7 @@ class Studio:
         if run is None or not run.tokens:
             return gr.skip(), gr.skip()
         step = min(max(int(step), 0), run.num_steps)
-        pipeline = self.pipeline(run.model)
+        pipeline = self.cache.renderer(run.model)
         image = pipeline.render(run.tokens[step], run.positions[step], run.scale)
         return image, counter_html(step, run.num_steps, "replay")
 
@@ -310,7 +316,7 @@ class Studio:
         """-> (order maps, step slider, GIF file) once a run has finished or stopped."""
         if run is None or run.step_map is None or run.shown is None:  # nothing yet, or summarized already
             return gr.skip(), gr.skip(), gr.skip()
-        pipeline = self.pipeline(run.model)
+        pipeline = self.cache.renderer(run.model)
         maps = side_by_side([pipeline.order_map(m, run.scale) for m in run.step_map])
         slider = gr.update(maximum=max(run.num_steps, 1), value=run.num_steps, interactive=run.num_steps > 0)
         return maps, slider, write_gif(run, self.gif_dir)

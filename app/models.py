@@ -97,5 +97,19 @@ class ModelCache:
                 del self._loaded[other]
             self._loaded[name] = pipeline
 
+    def renderer(self, name: str) -> Pipeline:
+        """A loaded pipeline that can draw `name`'s tokens: its own, or failing that one with the same
+        tokenizer (the published models share LlamaGen's VQ), so scrubbing an old run does not
+        reload a model that switching has since evicted. Loads `name` only when neither is there."""
+        with self._lock:
+            loaded = dict(self._loaded)
+        if name in loaded:
+            return loaded[name]
+        tokenizer = self.specs[name].tokenizer if name in self.specs else None
+        for other, pipeline in loaded.items():
+            if self.specs[other].tokenizer == tokenizer:
+                return pipeline
+        return self.get(name)
+
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
 def writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".arpg-write-test"
+        probe = path / f".arpg-write-test-{os.getpid()}"  # one per process: ranks check at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -110,8 +111,7 @@ def save_png(image: Image.Image, path: Path) -> None:
 def cmd_sample(args) -> None:
 
     with Distributed() as dist:
-        out = writable_dir(Path(args.out)) if dist.is_main else Path(args.out)
-        dist.barrier()
+        out = writable_dir(Path(args.out))  # on every rank: one failing alone would leave the rest at a barrier
         pipe = load_pipeline(args, device=dist.device(args.device))
         labels = [c for c in parse_classes(args.classes, len(pipe.class_names)) for _ in range(args.per_class)]
         opts = sampling_options(args)
@@ -135,6 +135,10 @@ def cmd_sample(args) -> None:
 
 def write_npz(out: Path, count: int) -> Path:
     """The layout the ADM / guided-diffusion FID evaluator reads: arr_0, uint8 [N, H, W, 3]."""
+    missing = [i for i in range(count) if not (out / f"{i:06d}.png").exists()]
+    if missing:
+        raise CLIError(f"{len(missing)} of the {count} images are not in {out} (first: {missing[0]:06d}.png). With "
+                       f"several machines, --out must be a folder they all share; rerun to fill the gaps.")
     arrays = [np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB")) for i in range(count)]
     path = out / f"samples_{count}.npz"
     np.savez(path, arr_0=np.stack(arrays).astype(np.uint8))
@@ -150,9 +154,17 @@ def read_image(path: str) -> Image.Image:
 
 
 def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    """White (or opaque, for images with alpha) = regenerate."""
-    with Image.open(path) as im:
-        mask = np.asarray(im.getchannel("A")) > 127 if im.mode in ("RGBA", "LA") else np.asarray(im.convert("L")) > 127
+    """White = regenerate. For a mask with transparency (a layer painted on a clear canvas), opaque =
+    regenerate; a fully opaque RGBA/LA file is read by its brightness like any other."""
+    try:
+        with Image.open(path) as im:
+            alpha = np.asarray(im.getchannel("A")) if im.mode in ("RGBA", "LA", "PA") else None
+            if alpha is not None and alpha.min() < 255:
+                mask = alpha > 127
+            else:
+                mask = np.asarray(im.convert("L")) > 127
+    except (OSError, ValueError) as exc:  # missing, unreadable, not an image
+        raise CLIError(f"cannot read mask {path}: {exc}") from None
     if mask.shape != (size[1], size[0]):
         raise CLIError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
     return mask
@@ -247,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER would reject a leading option such as --quick
+        from arpg_core import bench
+
+        bench.main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     for name in ("steps", "per_class", "batch_size"):
         if getattr(args, name, 1) < 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
 from arpg_core.sampling.editing import Canvas, expand_canvas, inpaint_canvas, outpaint_canvas, sample_windowed
 from arpg_core.sampling.options import SamplingOptions
-from arpg_core.sampling.sampler import UNKNOWN, sample_steps
+from arpg_core.sampling.sampler import UNKNOWN, sample_steps, seeded
 from arpg_core.tokenizer.vq import VQModel
 
 MAX_CANVAS_CELLS = 48  # outpainting and expansion stop at 48 x 48 tokens per canvas side
@@ -51,10 +51,18 @@ def cell_grid(width: int, height: int, grid: int) -> tuple[int, int]:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Square dilation of a bool mask by `radius` pixels, in time linear in the pixels whatever the
+    radius (a max filter is quadratic in it: minutes for the feather of a 12-megapixel photo)."""
+    out = np.asarray(mask, dtype=bool)
     if radius <= 0:
-        return mask
-    image = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
-    return np.asarray(image) > 0
+        return out
+    for axis in (0, 1):
+        n = out.shape[axis]
+        sums = np.concatenate([np.zeros_like(np.take(out, [0], axis), dtype=np.int32),
+                               np.cumsum(out, axis=axis, dtype=np.int32)], axis=axis)
+        i = np.arange(n)
+        out = (np.take(sums, np.minimum(i + radius + 1, n), axis) - np.take(sums, np.maximum(i - radius, 0), axis)) > 0
+    return out
 
 
 def run_to_end(frames: Iterator[Frame]) -> list[Image.Image]:
@@ -166,7 +174,7 @@ class Pipeline:
 
     def _sample(self, canvas: Canvas, labels: list[int], seeds: list[int], options: SamplingOptions,
                 windowed: bool) -> Iterator:
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        gens = [seeded(s) for s in seeds]
         kwargs = dict(generator=gens, options=options)
         if windowed:
             return sample_windowed(self.model, labels, canvas, **kwargs)
@@ -199,7 +207,8 @@ class Pipeline:
         if not mask.any():
             raise SamplingError("the mask is empty: paint over the region to regenerate")
         grid = cell_grid(image.width, image.height, self.grid)
-        cells = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(grid[::-1], Image.BOX)) > 0
+        # Float box average: any painted pixel marks its cell (uint8 rounding lost small marks on big images).
+        cells = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(grid[::-1], Image.BOX)) > 1e-6
         cells = _dilate(cells, 1)  # one cell of margin, so the new content has no seam at the edge
         canvas = inpaint_canvas(self.encode(image, grid), torch.from_numpy(cells))
         px = image.width / (grid[1] * self.cell)
@@ -211,7 +220,11 @@ class Pipeline:
             out = np.asarray(made, np.float32) * alpha + np.asarray(image, np.float32) * (1 - alpha)
             return [Image.fromarray(out.round().astype(np.uint8))]
 
-        events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(), windowed=False)
+        options = options or SamplingOptions()
+        todo = int((~canvas.known_mask).sum())
+        if isinstance(options.schedule, str) and options.steps > todo:  # a small grid painted over whole
+            options = replace(options, steps=todo)
+        events = self._sample(canvas, [self.label(label)], [seed], options, windowed=False)
         return self._frames(events, canvas.tokens[None], finish)
 
     @staticmethod

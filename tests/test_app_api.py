@@ -201,3 +201,35 @@ def test_a_stale_editor_canvas_is_refused():
     *_, (result, *_) = studio.inpaint({**stale, "background": Image.open(FOX)}, steps=4, placed=str(FOX))
     kept = np.asarray(result.convert("RGB")) == load(FOX)
     assert kept[40:, 40:].all() and not kept[12:28, 12:28].all(axis=-1).all()  # the fox, painted region redrawn
+
+
+def test_old_runs_render_without_reloading_evicted_models():
+    """Scrubbing a run made with a model that switching has since evicted draws it with a loaded
+    pipeline that shares its tokenizer, instead of loading the evicted model back."""
+    from app.models import EMBEDDED, ModelCache, ModelSpec, registry
+
+    base = registry({})[EMBEDDED]
+    specs = {name: ModelSpec(name, base.model, base.tokenizer, 4.0, "test") for name in ("start", "A", "B")}
+    cache = ModelCache(specs)
+    cache.get("start"), cache.get("A"), cache.get("B")  # B evicts A
+    assert not cache.is_loaded("A")
+    assert cache.renderer("A") in (cache.get("start"), cache.get("B")) and not cache.is_loaded("A")
+    assert cache.renderer("B") is cache.get("B")
+
+
+def test_a_failed_model_load_keeps_the_picker_on_the_model_in_use(monkeypatch):
+    import warnings
+
+    from app.handlers import Studio
+    from app.models import EMBEDDED, ModelCache, registry
+
+    studio = Studio(ModelCache(registry({})))
+
+    def out_of_memory(spec):
+        raise MemoryError
+
+    monkeypatch.setattr(studio.cache, "_load", out_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gr.Warning outside a request falls back to a Python warning
+        picker, active, *_ = studio.switch_model("ARPG-L", EMBEDDED)
+    assert picker == active == EMBEDDED

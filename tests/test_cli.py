@@ -113,6 +113,9 @@ def test_clear_errors(tmp_path):
         (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "1,2", "--out", str(tmp_path / "o.png")],
          "--pad"),
         (["expand", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o.png")], "no such image"),
+        (["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "missing.png"),
+          "--out", str(tmp_path / "o.png")], "cannot read mask"),
+        (["sample", "--seed", str(2**64), "--out", str(tmp_path / "x")], "out of range"),
     ]
     for args, message in cases:
         out = arpg(*args, check=False)
@@ -124,3 +127,35 @@ def test_clear_errors(tmp_path):
 def test_help_for_every_subcommand(command):
     out = arpg(command, "--help")
     assert "--steps" in out.stdout and "--model" in out.stdout
+
+
+def test_mask_files_read_as_painted(tmp_path):
+    """White = regenerate; alpha only decides for a layer with transparency (an opaque black/white RGBA
+    export used to read as all-regenerate)."""
+    from arpg_core.cli import CLIError, read_mask
+
+    bw = np.zeros((8, 8, 4), np.uint8)
+    bw[..., 3] = 255
+    bw[2:4, 2:4, :3] = 255
+    Image.fromarray(bw, "RGBA").save(tmp_path / "opaque.png")
+    layer = np.zeros((8, 8, 4), np.uint8)
+    layer[5:7, 1:3] = (200, 40, 40, 255)  # a red stroke on a clear canvas
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    assert read_mask(str(tmp_path / "opaque.png"), (8, 8)).sum() == 4
+    assert np.argwhere(read_mask(str(tmp_path / "layer.png"), (8, 8))).tolist() == [[5, 1], [5, 2], [6, 1], [6, 2]]
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(CLIError, match="cannot read mask"):
+        read_mask(str(tmp_path / "text.png"), (8, 8))
+
+
+def test_npz_names_missing_images(tmp_path):
+    from arpg_core.cli import CLIError, write_npz
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "000000.png")
+    with pytest.raises(CLIError, match="1 of the 2 images .* share"):
+        write_npz(tmp_path, 2)
+
+
+def test_bench_takes_its_own_options():
+    out = arpg("bench", "--help")
+    assert "--quick" in out.stdout

@@ -135,3 +135,32 @@ def test_load_names_from_the_file_or_the_caller(pipe, tmp_path):
     assert Pipeline.load(model_path, vq_path, device="cpu", class_names=["p", "q", "r"]).class_names == ["p", "q", "r"]
     with pytest.raises(arpg_core.ConfigError, match="2 class names"):
         Pipeline.load(model_path, vq_path, device="cpu", class_names=["p", "q"])
+
+
+def test_dilation_matches_a_max_filter():
+    from PIL import ImageFilter
+
+    from arpg_core.pipeline import _dilate
+
+    rng = np.random.default_rng(3)
+    for shape, radius in (((37, 53), 1), ((64, 40), 5), ((20, 20), 30), ((1, 9), 2)):
+        mask = rng.random(shape) < 0.03
+        ref = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+        assert np.array_equal(_dilate(mask, radius), np.asarray(ref) > 0), (shape, radius)
+
+
+def test_small_marks_big_images_and_thin_strips(pipe):
+    big = Image.fromarray(np.random.default_rng(2).integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
+    dot = np.zeros((1024, 1024), bool)
+    dot[500:502, 500:502] = True  # 4 px of a 64x64-px cell: a uint8 box average rounded it to "empty"
+    out = np.asarray(run_to_end(pipe.inpaint(big, dot, 0, options=FAST))[0])
+    assert np.array_equal(out[:300], np.asarray(big)[:300])
+    assert not np.array_equal(out[500:502, 500:502], np.asarray(big)[500:502, 500:502])
+    strip = picture(64, 4)  # a 1x16 token grid: 16 tokens, fewer than the 32 steps asked for
+    frames = list(pipe.inpaint(strip, np.ones((4, 64), bool), 0, options=SamplingOptions(steps=32)))
+    assert frames[-1].done and frames[-1].step == 16 and frames[-1].images[0].size == (64, 4)
+
+
+def test_out_of_range_seed_is_a_typed_error(pipe):
+    with pytest.raises(arpg_core.SamplingError, match="seed"):
+        next(iter(pipe.generate([0], seed=2**64, options=FAST)))

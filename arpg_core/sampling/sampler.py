@@ -31,6 +31,14 @@ class StepEvent:
         return self.step == self.num_steps - 1
 
 
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator from an integer seed; a seed torch cannot hold is a SamplingError."""
+    try:
+        return torch.Generator().manual_seed(int(seed))
+    except (RuntimeError, ValueError, OverflowError):
+        raise SamplingError(f"seed {seed} is out of range: use 0 to {2**64 - 1}") from None
+
+
 def make_generators(generator, batch: int) -> list[torch.Generator]:
     """One CPU generator per row: a list as given, or rows seeded from one generator / seed."""
     if isinstance(generator, (list, tuple)):
@@ -38,7 +46,7 @@ def make_generators(generator, batch: int) -> list[torch.Generator]:
             raise SamplingError(f"got {len(generator)} generators for a batch of {batch}")
         return list(generator)
     if isinstance(generator, int):
-        return [torch.Generator().manual_seed(generator + i) for i in range(batch)]
+        return [seeded(generator + i) for i in range(batch)]
     if generator is None:
         generator = torch.Generator()
         generator.seed()  # a fresh nondeterministic seed; the global RNG is left alone
