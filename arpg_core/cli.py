@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--class", dest="class_", type=int, default=-1, help="class of the new content (-1 = none)")
         p.add_argument("--out", required=True, help="output PNG path or folder")
         if name == "inpaint":
-            p.add_argument("--mask", required=True, help="same size as the image; white/opaque = regenerate")
+            p.add_argument("--mask", required=True,
+                           help="same size as the image; white = regenerate (a layer with transparency: opaque)")
         if name == "outpaint":
             p.add_argument("--pad", required=True, help="token cells to add: top,right,bottom,left (or one number)")
         if name == "expand":
