@@ -55,7 +55,13 @@ class ConfigBase:
             path = Path(spec)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            return cls.from_dict(json.loads(path.read_text()))
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"config file {path} is not readable JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path} must hold a JSON object of field values")
+            return cls.from_dict(data)
         return cls.from_name(spec)
 
     def to_dict(self) -> dict[str, Any]:

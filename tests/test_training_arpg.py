@@ -1,6 +1,8 @@
 import json
 
+import pytest
 import torch
+from PIL import Image
 
 import arpg_core
 from arpg_core.training import common
@@ -51,3 +53,45 @@ def test_train_resume_export(tmp_path):
     assert set(sizes) == {"vq_emoji.safetensors", "arpg_emoji.safetensors"}
     assert arpg_core.load_model(tmp_path / "assets" / "arpg_emoji.safetensors").class_names == ["0_red", "1_blue"]
     assert (tmp_path / "assets" / "samples_emoji.png").exists()
+
+
+def test_any_class_count_trains_with_a_preset(tmp_path):
+    """The preset gives the shape; vocabulary, classes and grid come from the tokenizer and the data,
+    so a flat folder (one class) or three classes train without a hand-written config."""
+    vq_path, out, args = _tiny_run(tmp_path)
+    data = tmp_path / "train"
+    main(args + f"--steps 1 --threads 1 --out {tmp_path / 'flat'} --data {data / '0_red'}".split())
+    assert arpg_core.load_model(tmp_path / "flat" / "arpg.safetensors").config.num_classes == 1
+    (data / "2_green").mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (0, 200, 0)).save(data / "2_green" / f"{i}.png")
+    main(args + "--steps 1 --threads 1".split())
+    model = arpg_core.load_model(out / "arpg.safetensors")
+    assert model.config.num_classes == 3 and model.class_names == ["0_red", "1_blue", "2_green"]
+
+
+def test_cache_follows_the_data_and_resume_checks_the_tokenizer(tmp_path):
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 1 --threads 1".split())
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "train" / "1_blue" / "new.png")
+    main(args + "--steps 2 --threads 1".split())  # re-encodes: 9 images and their mirrors, not the old 8
+    caches = sorted(out.glob("codes_train_*_flip.pt"), key=lambda p: p.stat().st_mtime)
+    assert len(caches) == 2 and len(torch.load(caches[-1], weights_only=True)["codes"]) == 18
+    torch.manual_seed(1)
+    other = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "other.safetensors")
+    swapped = [str(other) if a == str(vq_path) else a for a in args]
+    with pytest.raises(SystemExit, match="different tokenizer digest"):
+        main(swapped + "--steps 3 --threads 1".split())
+
+
+def test_a_refused_export_leaves_the_assets_alone(tmp_path):
+    vq_path, out, args = _tiny_run(tmp_path)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "arpg_emoji.safetensors").write_bytes(b"shipped")
+    wrong = arpg_core.build_model({**TINY, "vocab_size": 32})  # does not match the tokenizer's 64 codes
+    wrong.class_names = ["0_red", "1_blue"]
+    path = arpg_core.save_checkpoint(wrong, tmp_path / "wrong.safetensors")
+    with pytest.raises(arpg_core.ARPGError, match="vocab"):
+        export(str(vq_path), str(path), assets)
+    assert (assets / "arpg_emoji.safetensors").read_bytes() == b"shipped" and len(list(assets.iterdir())) == 1

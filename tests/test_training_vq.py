@@ -149,3 +149,53 @@ def test_code_stats():
     same = torch.zeros(2, 3, 4, 4)
     assert psnr_per_image(same, same).tolist() == [100.0, 100.0]  # clamped, not inf
     assert psnr_per_image(torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4)).item() == pytest.approx(0.0)
+
+
+def test_held_out_folder_keeps_the_training_labels_and_junk_is_skipped(tmp_path):
+    train = _make_folder(tmp_path)
+    (train / "0_red" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS copy debris
+    (train / "__MACOSX").mkdir()
+    (train / "2_empty").mkdir()
+    ds = ImageFolderDataset(train, 16)
+    assert ds.class_names == ["0_red", "1_blue"] and len(ds) == 8 and ds.empty_classes == ["2_empty"]
+    ds.load_all()  # the debris file is never read
+    val = tmp_path / "val"
+    for f in (val / "0_red").iterdir():
+        f.unlink()
+    (val / "0_red").rmdir()  # a class without held-out images must not shift the others
+    assert ImageFolderDataset(val, 16, classes=ds.class_names).labels == [1]
+    (val / "9_new").mkdir()
+    Image.new("RGB", (8, 8)).save(val / "9_new" / "a.png")
+    with pytest.raises(DataError, match="9_new"):
+        ImageFolderDataset(val, 16, classes=ds.class_names)
+    before = ds.fingerprint()
+    Image.new("RGB", (8, 8)).save(train / "1_blue" / "extra.png")
+    assert ImageFolderDataset(train, 16).fingerprint() != before
+
+
+def test_init_with_a_json_config_and_bad_json(tmp_path):
+    from arpg_core import build_tokenizer, save_checkpoint
+    from arpg_core.tokenizer.vq import VQConfig
+
+    data, out = _make_folder(tmp_path), tmp_path / "run"
+    init = save_checkpoint(build_tokenizer("VQ-tiny"), tmp_path / "init.safetensors")
+    config = tmp_path / "vq.json"
+    config.write_text(json.dumps(VQConfig.from_name("VQ-tiny").to_dict()))
+    main(f"--data {data} --init {init} --config {config} --out {out} --batch-size 4 --steps 1 --threads 1".split())
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 1
+    config.write_text("{not json")
+    with pytest.raises(SystemExit, match="not readable JSON"):
+        main(f"--data {data} --config {config} --out {tmp_path / 'b'} --batch-size 4 --steps 1".split())
+
+
+def test_emoji_builder_names_what_to_install(tmp_path, monkeypatch):
+    from arpg_core.data import emoji
+
+    with pytest.raises(DataError, match="fonts-noto-color-emoji unicode-data"):
+        emoji.check_sources(tmp_path / "emoji-test.txt", tmp_path / "font.ttf")
+    if not (emoji.EMOJI_TEST.is_file() and emoji.EMOJI_FONT.is_file()):
+        pytest.skip("the Debian emoji packages are not installed")
+    emoji.check_sources()
+    monkeypatch.setattr(emoji.features, "check", lambda name: False)  # a Pillow without Raqm layout
+    with pytest.raises(DataError, match="Raqm"):
+        emoji.check_sources()

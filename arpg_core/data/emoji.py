@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 from tqdm import tqdm
 
 from arpg_core.errors import DataError
@@ -48,6 +48,11 @@ def check_sources(emoji_test: Path = EMOJI_TEST, font: Path = EMOJI_FONT) -> Non
     missing = [str(p) for p in (emoji_test, font) if not p.is_file()]
     if missing:
         raise DataError(f"missing {', '.join(missing)}; install with: {INSTALL_HINT}")
+    if not features.check("raqm"):
+        # Without complex text layout, ZWJ sequences, skin tones and flags render as several glyphs
+        # side by side: a silently wrong People & Body and Flags.
+        raise DataError("Pillow has no Raqm text layout, so emoji sequences (flags, families, skin tones) would "
+                        "render as separate glyphs; install with: apt-get install libfribidi0 libharfbuzz0b")
 
 
 def parse_emoji_test(path: Path = EMOJI_TEST) -> tuple[list[str], list[EmojiEntry]]:

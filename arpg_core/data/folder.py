@@ -3,6 +3,7 @@ folder of images (one class named after the folder)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,13 @@ from arpg_core.imageio import ImageInputError, open_image, to_tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
+def _hidden(path: Path) -> bool:
+    """Dot files and macOS copy debris (`._x.png` resource forks, `__MACOSX/`): never images."""
+    return path.name.startswith(".") or path.name == "__MACOSX"
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -32,14 +38,33 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(Dataset):
-    """Items are (image [3, size, size] in [-1, 1], label int)."""
+    """Items are (image [3, size, size] in [-1, 1], label int).
 
-    def __init__(self, root: str | Path, size: int):
+    `classes` numbers the sub-folders as another set did (a held-out folder as its training folder),
+    so a class missing here does not shift the labels of the rest. `empty_classes` lists sub-folders
+    that hold no images (they are not classes)."""
+
+    def __init__(self, root: str | Path, size: int, classes: list[str] | None = None):
         self.root, self.size = Path(root), size
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist")
-        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and _images_in(p))
-        if subdirs:
+        dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
+        subdirs = [p for p in dirs if _images_in(p)]
+        self.empty_classes = [p.name for p in dirs if p not in subdirs] if subdirs else []
+        if classes is not None:
+            index = {name: i for i, name in enumerate(classes)}
+            unknown = [p.name for p in subdirs] if subdirs else ([] if len(classes) == 1 else [self.root.name])
+            unknown = [name for name in unknown if name not in index]
+            if unknown:
+                raise DataError(f"{self.root} has classes the training set does not: {', '.join(unknown)} "
+                                f"(training classes: {', '.join(classes)})")
+            self.class_names = list(classes)
+            if subdirs:
+                self.samples = [(f, index[d.name]) for d in subdirs for f in _images_in(d)]
+            else:
+                label = 0 if len(classes) == 1 else index[self.root.name]
+                self.samples = [(f, label) for f in _images_in(self.root)]
+        elif subdirs:
             self.class_names = [p.name for p in subdirs]
             self.samples = [(f, i) for i, d in enumerate(subdirs) for f in _images_in(d)]
         else:
@@ -47,6 +72,14 @@ class ImageFolderDataset(Dataset):
             self.samples = [(f, 0) for f in _images_in(self.root)]
         if not self.samples:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
+
+    def fingerprint(self) -> str:
+        """Changes when a file is added, removed, relabelled or rewritten, or the size changes."""
+        h = hashlib.sha256(f"{self.size}|{'|'.join(self.class_names)}".encode())
+        for path, label in self.samples:
+            st = path.stat()
+            h.update(f"{path.relative_to(self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:12]
 
     @property
     def labels(self) -> list[int]:

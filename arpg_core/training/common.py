@@ -132,6 +132,14 @@ def restore_training_state(state: dict, model, ema: EMA | None, optimizer) -> in
     return int(state["step"])
 
 
+def apply_settings(ema: EMA | None, optimizer, ema_decay: float, weight_decay: float) -> None:
+    """After a resume, the command line's EMA decay and weight decay replace the saved ones (group 0
+    of `param_groups` is the decayed one), so changing them between runs takes effect."""
+    if ema is not None:
+        ema.decay = ema_decay
+    optimizer.param_groups[0]["weight_decay"] = weight_decay
+
+
 class StopFlag:
     """Turns SIGINT/SIGTERM into a flag so the loop can save a checkpoint and exit cleanly."""
 

@@ -11,31 +11,45 @@ stays under the 9.5 MB a Space accepts without LFS.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 
-from arpg_core.errors import CheckpointError
+from arpg_core.errors import ARPGError, CheckpointError
 from arpg_core.loading import load_model, load_tokenizer, save_checkpoint
+from arpg_core.pipeline import Pipeline
 from arpg_core.training.train_arpg import sample_sheet
 
 MAX_FILE_BYTES = int(9.5 * 1024 * 1024)
 
 
 def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -> dict[str, int]:
+    """Everything is written and checked in a scratch folder first; assets/ changes only when the pair
+    loads as a pipeline and every file is within budget, so a failed export leaves the shipped model."""
     tokenizer = load_tokenizer(vq_source)
     model = load_model(arpg_source)
     if not model.class_names:
         raise CheckpointError(f"{arpg_source} carries no class names; export it from train_arpg")
-    files = {
-        "vq_emoji.safetensors": save_checkpoint(tokenizer, assets / "vq_emoji.safetensors"),
-        "arpg_emoji.safetensors": save_checkpoint(model, assets / "arpg_emoji.safetensors", dtype=torch.bfloat16),
-    }
-    sizes = {name: path.stat().st_size for name, path in files.items()}
-    too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
-    if too_big:
-        raise CheckpointError(f"files over 9.5 MB: {too_big}")
-    sample_sheet(model, tokenizer, assets / "samples_emoji.png", per_class=per_class)
+    Pipeline(model, tokenizer)  # vocab vs codebook, class names: the app would refuse the pair at start-up
+    if model.config.grid_size != tokenizer.config.grid_size:
+        raise CheckpointError(f"the model's grid is {model.config.grid_size} but the tokenizer makes "
+                              f"{tokenizer.config.grid_size}x{tokenizer.config.grid_size} tokens")
+    assets.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=assets, prefix=".export-") as scratch:
+        tmp = Path(scratch)
+        files = {
+            "vq_emoji.safetensors": save_checkpoint(tokenizer, tmp / "vq_emoji.safetensors"),
+            "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=torch.bfloat16),
+        }
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
+        if too_big:
+            raise CheckpointError(f"files over 9.5 MB: {too_big}; {assets} is unchanged")
+        files["samples_emoji.png"] = sample_sheet(model, tokenizer, tmp / "samples_emoji.png", per_class=per_class)
+        for name, path in files.items():
+            os.replace(path, assets / name)
     return sizes
 
 
@@ -46,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--assets", type=Path, default=Path("assets"))
     p.add_argument("--per-class", type=int, default=8)
     args = p.parse_args(argv)
-    for name, size in export(args.vq, args.arpg, args.assets, args.per_class).items():
+    try:
+        sizes = export(args.vq, args.arpg, args.assets, args.per_class)
+    except ARPGError as exc:
+        raise SystemExit(f"export: error: {exc}") from None
+    for name, size in sizes.items():
         print(f"{name}: {size / 1e6:.2f} MB")
 
 

@@ -14,14 +14,15 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.errors import ConfigError, DataError
-from arpg_core.loading import load_tokenizer, save_checkpoint
+from arpg_core.errors import ARPGError, ConfigError, DataError
+from arpg_core.loading import load_tokenizer, resolve_source, save_checkpoint
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.sampler import generate
 from arpg_core.tokenizer.vq import VQModel
@@ -68,27 +69,40 @@ def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
 
 
 @torch.no_grad()
-def tokenize_folder(tokenizer: VQModel, folder: Path, flips: bool, batch: int = 64):
-    """-> (codes [M, N] long, labels [M] long, dataset); flipped copies follow the originals."""
-    data = ImageFolderDataset(folder, tokenizer.config.image_size)
+def tokenize_folder(tokenizer: VQModel, data: ImageFolderDataset, flips: bool, batch: int = 64):
+    """-> (codes [M, N] long, labels [M] long); flipped copies follow the originals."""
     images, labels = data.load_all()
     codes = torch.cat([tokenizer.encode(chunk).flatten(1) for chunk in images.split(batch)])
     if flips:
         flipped = torch.cat([tokenizer.encode(chunk.flip(-1)).flatten(1) for chunk in images.split(batch)])
         codes, labels = torch.cat([codes, flipped]), torch.cat([labels, labels])
-    return codes, labels, data
+    return codes, labels
 
 
-def cached_codes(tokenizer_path: Path, tokenizer: VQModel, folder: Path, out: Path, flips: bool):
-    digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()[:12]
-    cache = out / f"codes_{folder.name}_{digest}{'_flip' if flips else ''}.pt"
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: Path, flips: bool,
+                 classes: list[str] | None = None):
+    """-> (codes, labels, readable class names, class folder names). The cache is keyed by the
+    tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded."""
+    data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
+    if data.empty_classes:
+        print(f"{folder}: skipping sub-folders without images: {', '.join(data.empty_classes)}", flush=True)
+    cache = out / f"codes_{folder.name}_{tokenizer_digest}_{data.fingerprint()}{'_flip' if flips else ''}.pt"
     if cache.exists():
         saved = torch.load(cache, weights_only=True)
-        return saved["codes"], saved["labels"], saved["class_names"]
-    codes, labels, data = tokenize_folder(tokenizer, folder, flips)
+        return saved["codes"], saved["labels"], saved["class_names"], saved["folders"]
+    print(f"encoding {len(data)} images of {folder} ...", flush=True)
+    codes, labels = tokenize_folder(tokenizer, data, flips)
     names = class_names_of(folder, data)
-    torch.save({"codes": codes, "labels": labels, "class_names": names}, cache)
-    return codes, labels, names
+    torch.save({"codes": codes, "labels": labels, "class_names": names, "folders": data.class_names}, cache)
+    return codes, labels, names, data.class_names
 
 
 @torch.no_grad()
@@ -142,18 +156,32 @@ def snapshot(model, ema, tokenizer, step, args, names, sheet: bool = True) -> No
                     extra_metadata={"step": str(step)})
 
 
-def build(args, vocab: int, num_classes: int, grid: int):
+def build(args, vocab: int, num_classes: int, grid: int, run_id: dict):
+    """Model, EMA, optimiser and start step. A new run takes the preset's shape with the vocabulary,
+    class count and grid of the data; a resumed run must match the tokenizer and classes it began with."""
     ckpt = args.out / common.CHECKPOINT_NAME
     state = None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
-    cfg = ARPGConfig.from_dict(state["config"]) if state else ARPGConfig.from_spec(args.config)
-    if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
-        raise ConfigError(f"config has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid {cfg.grid_size}; "
-                          f"the data has vocab {vocab}, {num_classes} classes, grid {grid}")
+    wanted = replace(ARPGConfig.from_spec(args.config), vocab_size=vocab, num_classes=num_classes, grid_size=grid)
+    if state:
+        cfg = ARPGConfig.from_dict(state["config"])
+        for key, now in run_id.items():
+            before = state.get(key)
+            if before is not None and before != now:
+                raise ConfigError(f"{ckpt} was trained with a different {key.replace('_', ' ')} ({before} vs {now} "
+                                  f"now); its codes would mean something else. Use another --out, or --fresh")
+        if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
+            raise ConfigError(f"{ckpt} has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid "
+                              f"{cfg.grid_size}; the data has vocab {vocab}, {num_classes} classes, grid {grid}")
+        if cfg != wanted:
+            print(f"resuming {ckpt}: its model shape is kept, --config {args.config} is not applied", flush=True)
+    else:
+        cfg = wanted
     model = ARPG(cfg)
     init_arpg_weights(model)
     ema = common.EMA(model, args.ema_decay)
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.95))
     step = common.restore_training_state(state, model, ema, optimizer) if state else 0
+    common.apply_settings(ema, optimizer, args.ema_decay, args.weight_decay)  # the command line wins on resume
     return model, ema, optimizer, step
 
 
@@ -161,16 +189,19 @@ def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    tok_path = Path(args.tokenizer)
+    tok_path = resolve_source(args.tokenizer)  # a path, or hf://... through the hub cache
     tokenizer = load_tokenizer(tok_path)
-    codes, labels, names = cached_codes(tok_path, tokenizer, args.data, args.out, flips=True)
+    digest = file_digest(tok_path)
+    codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=True)
     val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
     val = None
     if val_dir and val_dir.is_dir():
-        val = cached_codes(tok_path, tokenizer, val_dir, args.out, flips=False)[:2]
+        val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
-    model, ema, optimizer, step = build(args, tokenizer.config.codebook_size, len(names), tokenizer.config.grid_size)
+    run_id = {"tokenizer_digest": digest, "class_folders": folders}
+    model, ema, optimizer, step = build(args, tokenizer.config.codebook_size, len(names), tokenizer.config.grid_size,
+                                        run_id)
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
@@ -178,7 +209,7 @@ def train(args: argparse.Namespace) -> int:
     batches = common.balanced_batches(common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen)
     progress = common.Progress(step, args.steps, args.batch_size)
     save = lambda: common.save_checkpoint(args.out / common.CHECKPOINT_NAME, **common.training_state(
-        model, ema, optimizer, step, model.config.to_dict(), class_names=names))
+        model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
@@ -211,7 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0:
         raise SystemExit("--steps and --batch-size must be positive")
-    train(args)
+    try:
+        train(args)
+    except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
+        raise SystemExit(f"train_arpg: error: {exc}") from None
 
 
 if __name__ == "__main__":

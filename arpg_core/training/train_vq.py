@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import ARPGError
 from arpg_core.loading import load_tokenizer, save_checkpoint
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
@@ -194,7 +195,8 @@ def build(args):
             print(f"resuming from {ckpt_path}; --init is used only on a fresh start", flush=True)
     elif args.decoder_only and args.init is None:
         raise SystemExit("--decoder-only needs --init: the tokenizer whose encoder and codes to keep")
-    start = load_tokenizer(args.init, config=args.config) if args.init is not None and state is None else None
+    config = VQConfig.from_spec(args.config) if args.config else None  # a preset name or a JSON file
+    start = load_tokenizer(args.init, config=config) if args.init is not None and state is None else None
     if state:
         cfg = VQConfig.from_dict(state["config"])
     else:
@@ -210,6 +212,7 @@ def build(args):
     ema = common.EMA(model, args.ema_decay)
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.99))
     step = common.restore_training_state(state, model, ema, optimizer) if state else 0
+    common.apply_settings(ema, optimizer, args.ema_decay, args.weight_decay)  # the command line wins on resume
     return cfg, model, ema, optimizer, step
 
 
@@ -233,6 +236,7 @@ def train(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
     batches = common.balanced_batches(common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen)
     tracker, progress = CodeTracker(cfg.codebook_size), common.Progress(step, args.steps, args.batch_size)
+    counted_from = step  # counts are not saved: a window that began before a resume is incomplete
     save = lambda: common.save_checkpoint(
         args.out / common.CHECKPOINT_NAME,
         **common.training_state(model, ema, optimizer, step, cfg.to_dict(), args=vars(args) | {"out": str(args.out)}),
@@ -250,7 +254,10 @@ def train(args: argparse.Namespace) -> int:
             step += 1
             progress.update(logs["loss"], usage=tracker.usage())
             if step % args.reinit_every == 0:
-                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen, dry=args.decoder_only)
+                partial = step - counted_from < args.reinit_every  # codes unseen since the resume may be live
+                usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen,
+                                                              dry=args.decoder_only or partial)
+                counted_from = step
                 common.log_jsonl(args.out / "train.jsonl", {"step": step, **logs, "usage": usage, "reseeded": dead})
             if step % args.eval_every == 0 or step == args.steps:
                 run_eval(model, ema, val, step, args, progress, split)
@@ -268,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
         raise SystemExit("--steps and --batch-size must be positive")
-    train(args)
+    try:
+        train(args)
+    except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
+        raise SystemExit(f"train_vq: error: {exc}") from None
 
 
 if __name__ == "__main__":
