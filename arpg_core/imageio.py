@@ -56,12 +56,19 @@ def _decode(source, max_pixels: int) -> Image.Image:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Grey levels of a float or wide-integer image -> uint8. Floats in [0, 1] are read as fractions,
+    floats up to 255 as 8-bit levels (a PIL "F" image converted from "L"); integers up to 255 as
+    8-bit, larger ones as 16-bit levels, values beyond clipped."""
     if array.dtype == np.uint8:
         return array
-    if np.issubdtype(array.dtype, np.floating):
-        return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    top = 65535 if array.max(initial=0) > 255 else 255
-    return (array.astype(np.float64) * 255 / top).round().astype(np.uint8)
+    is_float = np.issubdtype(array.dtype, np.floating)
+    array = np.nan_to_num(array.astype(np.float64))
+    peak = array.max(initial=0)
+    if is_float and peak <= 1.0:
+        scaled = array * 255
+    else:
+        scaled = array * 255 / 65535 if peak > 255 else array
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

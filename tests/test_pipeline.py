@@ -105,9 +105,17 @@ def encoded(image: Image.Image, fmt="PNG", **kw) -> bytes:
 
 def test_open_image_modes_and_orientation():
     rgb = Image.new("RGB", (8, 4), (10, 20, 30))
-    for mode in ("L", "P", "CMYK", "RGBA", "LA", "1", "I;16", "I", "F"):
+    grey = [18] * 3  # (10, 20, 30) as luma
+    palette = lambda mode: np.asarray(rgb.convert(mode).convert("RGB"))[1, 1].tolist()  # PIL's own rendering
+    expected = {"L": grey, "LA": grey, "I;16": grey, "I": grey, "F": grey, "P": palette("P"), "CMYK": [10, 20, 30],
+                "RGBA": [10, 20, 30], "1": palette("1")}
+    for mode, value in expected.items():
         out = open_image(encoded(rgb.convert(mode), "TIFF" if mode in ("CMYK", "F", "I") else "PNG"))
         assert out.mode == "RGB" and out.size == (8, 4), mode
+        # a float image of 8-bit levels used to come out white
+        assert np.abs(np.asarray(out)[1, 1].astype(int) - value).max() <= 2, (mode, np.asarray(out)[1, 1])
+    fraction = Image.fromarray(np.full((4, 8), 0.5, np.float32))
+    assert np.asarray(open_image(encoded(fraction, "TIFF")))[0, 0].tolist() == [128, 128, 128]
     sixteen = Image.fromarray(np.full((4, 8), 65535, np.uint16))
     assert np.asarray(open_image(encoded(sixteen)))[0, 0].tolist() == [255, 255, 255]
     clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
