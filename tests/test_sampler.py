@@ -150,3 +150,52 @@ def test_windowed_canvas_decodes_everything_once(model):
     assert sorted(decoded.tolist()) == unknown.tolist()
     final = events[-1].tokens[0]
     assert torch.equal(final[2:2 + g, 3:3 + g], source) and (final != UNKNOWN).all()
+
+
+def test_several_tokens_per_step_match_teacher_forcing(model):
+    """Each query of a multi-token step sees the tokens of earlier steps only, never its step-mates: its
+    probability equals teacher forcing with that target moved to the first slot of the step."""
+    labels = torch.tensor([2, 1])
+    events = list(sample_steps(model, labels.tolist(), steps=8, cfg_scale=1.0, generator=seeds(3, 4),
+                               return_probs=True))
+    final, order = events[-1].tokens.flatten(1), events[-1].order
+    done = 0
+    for event in events:
+        k = event.probs.shape[1]
+        assert k == event.positions.shape[1]
+        for j in range(k):
+            moved = torch.cat([order[:, :done], order[:, done + j:done + j + 1], order[:, done:done + j],
+                               order[:, done + j + 1:]], dim=1)
+            logits = model(final, labels, moved)[:, done]
+            want = logits.softmax(-1).gather(-1, final.gather(1, moved[:, done:done + 1])).squeeze(-1)
+            torch.testing.assert_close(event.probs[:, j], want, atol=1e-5, rtol=1e-4)
+        done += k
+    assert done == model.config.seq_len and max(e.probs.shape[1] for e in events) > 1
+
+
+def test_position_interpolation_on_larger_grids(model):
+    from arpg_core.models.rotary import rope_table_2d
+
+    plain, squeezed = rope_table_2d(6, 6, 16), rope_table_2d(6, 6, 16, scale=(2.0, 2.0))
+    bands = 16 // 4  # per axis
+    row_plain, row_squeezed = plain[1:, :bands], squeezed[1:, :bands]
+    torch.testing.assert_close(row_plain[:, :2], row_squeezed[:, :2])  # the two fastest bands keep positions
+    assert not torch.allclose(row_plain[:, 2:], row_squeezed[:, 2:])
+    big = dict(grid=(12, 12), steps=6, generator=0)
+    assert not torch.equal(generate(model, [1], rope_interpolation=True, **big),
+                           generate(model, [1], rope_interpolation=False, **big))
+    assert torch.equal(generate(model, [1], rope_interpolation=True, steps=6, generator=0),
+                       generate(model, [1], rope_interpolation=False, steps=6, generator=0))
+
+
+def test_top_p_and_linear_guidance():
+    from arpg_core.sampling.plan import cfg_per_step
+    from arpg_core.sampling.sampler import filter_logits
+
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, None, p)).tolist()
+    assert kept(0.7) == [True, True, False, False]  # the smallest prefix reaching 0.7
+    assert kept(0.5) == [True, False, False, False] and kept(1e-6) == [True, False, False, False]
+    assert kept(0.81) == [True, True, True, False]
+    assert cfg_per_step([1, 1, 1, 1], 5.0, "linear", 4) == [2.0, 3.0, 4.0, 5.0]
+    assert cfg_per_step([2, 2], 5.0, "linear", 8) == [4.0, 5.0]  # 4 known tokens count as decoded
