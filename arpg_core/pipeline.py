@@ -185,7 +185,8 @@ class Pipeline:
     # ---- operations ------------------------------------------------------------------------------
     def generate(self, labels: list[int], seed: int = 0, options: SamplingOptions | None = None,
                  grid: tuple[int, int] | None = None, seeds: list[int] | None = None) -> Iterator[Frame]:
-        """One image per label; image i uses seed + i (or seeds[i]), whatever the batch."""
+        """One image per label; image i uses seed + i (or seeds[i]) whatever its place in the batch (a
+        different batch size can still flip a rare token through float rounding)."""
         labels = [self.label(c) for c in labels]
         seeds = seeds if seeds is not None else [seed + i for i in range(len(labels))]
         if len(seeds) != len(labels):
