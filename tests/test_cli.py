@@ -160,3 +160,21 @@ def test_npz_names_missing_images(tmp_path):
 def test_bench_takes_its_own_options():
     out = arpg("bench", "--help")
     assert "--quick" in out.stdout
+
+
+def test_bench_kv_cache_counts_like_for_like():
+    """ARPG-L (24 layers, dim 1024), 64 arccos steps, CFG rows, bf16: 12 content layers plus the
+    shared K/V hold the class token and the 228 tokens before the last step (the last step decodes 28);
+    a raster model holds every layer for the class token and all tokens but the last."""
+    import torch
+
+    from arpg_core.bench import cache_case, time_side_by_side
+    from arpg_core.models.arpg import ARPG, ARPGConfig
+
+    row = cache_case("ARPG-L", ARPGConfig.from_name("ARPG-L"), 64, torch.bfloat16)
+    per_token_layer = 2 * 2 * 1024 * 2  # K and V, two CFG rows, 2 bytes
+    assert row["kv_cache_bytes"] == 13 * 229 * per_token_layer
+    assert row["raster_kv_cache_bytes"] == 24 * 256 * per_token_layer
+    tiny = ARPG(ARPGConfig(**{**ARPGConfig.PRESETS["ARPG-tiny"], "grid_size": 4})).eval()
+    times = time_side_by_side(tiny, 2, 1, {"a": dict(steps=4), "b": dict(steps=16, order="raster")})
+    assert set(times) == {"a", "b"} and min(times.values()) > 0
