@@ -233,3 +233,18 @@ def test_a_failed_model_load_keeps_the_picker_on_the_model_in_use(monkeypatch):
         warnings.simplefilter("ignore")  # gr.Warning outside a request falls back to a Python warning
         picker, active, *_ = studio.switch_model("ARPG-L", EMBEDDED)
     assert picker == active == EMBEDDED
+
+
+def test_sampling_controls_reach_the_sampler(client):
+    """Greedy raster decoding ignores the seed, so any difference comes from a control that arrived:
+    the class, the guidance scale, the order; and top-k 1 is greedy whatever the temperature."""
+    def image(**kw) -> np.ndarray:
+        base = dict(label=0, seed=1, steps=8, temperature=0.0, order="raster", cfg_scale=4.0)
+        return load(call(client, **{**base, **kw}, api_name="/generate")[0][0]["image"])
+
+    greedy = image()
+    assert np.array_equal(greedy, image(seed=2))  # temperature 0 reached it: the seed no longer matters
+    assert not np.array_equal(greedy, image(label=3))
+    assert not np.array_equal(greedy, image(cfg_scale=1.0))
+    assert not np.array_equal(greedy, image(order="spiral"))
+    assert np.array_equal(greedy, image(temperature=1.0, top_k=1))
