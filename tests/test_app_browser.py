@@ -127,11 +127,19 @@ def test_generate_image_changes_while_decoding(page):
     page.get_by_text("Decoding order and replay").first.click()
     page.locator("#gen-maps img").first.wait_for()
     page.locator("#gen-gif a[download$='.gif']").wait_for()
-    before = page.evaluate("() => document.querySelector('#gen-live img').src")
-    set_number(page, "#gen-step", 10)  # scrub back: the frame of step 10 is drawn again
-    page.locator("#gen-counter", has_text="Step 10 / 64").wait_for()
-    page.wait_for_function(f"() => document.querySelector('#gen-live img').src !== {before!r}")
-    natural_size(page, "#gen-live")
+    final = fetch_image(page, "#gen-live")
+    scrubbed = {}
+    for step in (10, 0, 64):  # scrub back: each step's frame is drawn again from the run's tokens
+        before = page.evaluate("() => document.querySelector('#gen-live img').src")
+        set_number(page, "#gen-step", step)
+        page.locator("#gen-counter", has_text=f"Step {step} / 64").wait_for()
+        page.wait_for_function(f"() => document.querySelector('#gen-live img').src !== {before!r}")
+        natural_size(page, "#gen-live")
+        scrubbed[step] = fetch_image(page, "#gen-live").astype(int)
+    assert np.array_equal(scrubbed[64], final)  # the last step is the finished image
+    # step 0: every cell pending (one flat grey); step 10: part drawn, part pending
+    assert scrubbed[0].std() < 0.25 * final.std() and not np.array_equal(scrubbed[10], final)
+    assert np.abs(scrubbed[10] - scrubbed[0]).mean() > 1 and np.abs(scrubbed[10] - final).mean() > 1
     page.screenshot(path=str(ARTIFACTS / "tab-generate.png"), full_page=True)
 
 
@@ -236,14 +244,20 @@ def test_stop_cancels_a_run(page):
     page.wait_for_function("() => window.__frames.length >= 3")
     page.get_by_role("button", name="Stop").first.click()
     page.wait_for_timeout(1500)
-    assert "done" not in page.locator("#gen-counter").inner_text()
+    stopped_at = page.locator("#gen-counter").inner_text()
+    frames = page.evaluate("() => window.__frames.length")
+    assert "done" not in stopped_at
+    page.wait_for_timeout(3000)  # a run still going would move the counter and stream more frames
+    assert page.locator("#gen-counter").inner_text() == stopped_at
+    assert page.evaluate("() => window.__frames.length") == frames
     page.get_by_text("Decoding order and replay").first.click()  # the steps done are kept, as map and GIF
     page.locator("#gen-maps img").first.wait_for()
     page.locator("#gen-gif a[download$='.gif']").wait_for()
     set_number(page, "#steps", 4)  # the queue is free again
     page.locator("#num-images input[type=number]").fill("1")
     page.locator("#num-images input[type=number]").press("Enter")
-    run_and_watch(page, "Generate", "gen")
+    times = run_and_watch(page, "Generate", "gen")
+    assert times[0] < 3, f"the next run waited {times[0]:.1f} s: the stopped one still held the worker"
 
 
 def test_published_model_offline_stays_on_the_current_one(page):
