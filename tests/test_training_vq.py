@@ -113,6 +113,17 @@ def test_reconstruction_loss_terms():
     assert terms["l1"].item() == pytest.approx(2.0) and terms["edge"].item() == 0.0
 
 
+def test_psnr_loss_weighs_images_by_their_relative_error():
+    target = torch.zeros(2, 3, 4, 4)
+    recon = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.4)]).requires_grad_(True)
+    loss = reconstruction_loss(recon, target, 0.0, 0.0, mse="psnr")["mse"]
+    m = torch.tensor([0.01, 0.16])
+    assert loss.item() == pytest.approx((m.log().mean() * m.mean()).item(), rel=1e-5)
+    loss.backward()
+    # d/dx of log(x^2) is 2/x: the image with 4x the error gets 1/4 the push per pixel (pooled: 4x)
+    assert (recon.grad[0] / recon.grad[1]).mean().item() == pytest.approx(4.0, rel=1e-4)
+
+
 def test_lr_and_balance():
     assert common.lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
     assert common.lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)

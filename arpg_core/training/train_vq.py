@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--l1-weight", type=float, default=1.0, help="L1 on pixels, beside the MSE (0: pure MSE, "
                    "which is what PSNR measures)")
     p.add_argument("--edge-weight", type=float, default=0.5, help="L1 on image gradients")
+    p.add_argument("--mse", choices=["pooled", "psnr"], default="pooled",
+                   help="pooled: MSE over the batch; psnr: mean of each image's log MSE (scaled to the pooled "
+                        "MSE's size), whose optimum is the best mean per-image PSNR, the number eval reports")
     p.add_argument("--entropy-weight", type=float, default=0.0)
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
     p.add_argument("--reinit-every", type=int, default=100, help="re-seed unused codes every N steps")
@@ -66,9 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float, l1_weight: float = 1.0) -> dict:
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float, l1_weight: float = 1.0,
+                        mse: str = "pooled") -> dict:
     recon = recon.float()
-    terms = {"mse": F.mse_loss(recon, target)}
+    if mse == "psnr":
+        # d log(m_i) = d m_i / m_i: every image counts by its relative error, as in a mean of PSNRs, where
+        # the pooled MSE lets the worst images dominate. The detached mean keeps gradients the usual size.
+        per_image = (recon - target).pow(2).flatten(1).mean(1) + 1e-8
+        terms = {"mse": per_image.log().mean() * per_image.mean().detach()}
+    else:
+        terms = {"mse": F.mse_loss(recon, target)}
     if l1_weight > 0:
         terms["l1"] = l1_weight * F.l1_loss(recon, target)
     if edge_weight > 0:
@@ -122,7 +132,7 @@ def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
             latents = model.encode_latents(images)
             z_q, vq = model.quantize(latents)
         recon = model.decoder(model.post_quant_conv(z_q))
-    terms = reconstruction_loss(recon, images.float(), args.edge_weight, args.l1_weight)
+    terms = reconstruction_loss(recon, images.float(), args.edge_weight, args.l1_weight, args.mse)
     loss = sum(terms.values()) + vq.total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
