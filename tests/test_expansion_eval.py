@@ -33,5 +33,8 @@ def test_rows_for_every_variant_and_baseline(tmp_path, capsys):
     assert rows["bicubic"]["psnr_vs_truth"] > 60  # identical images: only rounding differs
     assert sum(rows[v]["best_on"] for v in VARIANTS) == 1
     assert all(5 < rows[v]["psnr_vs_truth"] < 60 and rows[v]["psnr_to_source"] > 5 for v in VARIANTS)
+    # interpolated and extrapolated positions are different methods; windows take more steps in all
+    assert rows["global-ntk"]["psnr_vs_truth"] != rows["global-plain"]["psnr_vs_truth"]
+    assert rows["windowed"]["sampling_steps"] > rows["global-ntk"]["sampling_steps"] > 0
     with pytest.raises(DataError):
         pairs(small.parent, tmp_path / "nowhere", None, names)
