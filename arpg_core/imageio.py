@@ -55,16 +55,16 @@ def _decode(source, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Grey levels of a float or wide-integer image -> uint8. Floats in [0, 1] are read as fractions,
-    floats up to 255 as 8-bit levels (a PIL "F" image converted from "L"); integers up to 255 as
-    8-bit, larger ones as 16-bit levels, values beyond clipped."""
+def _to_uint8(array: np.ndarray, float_levels: bool = False) -> np.ndarray:
+    """A float or wide-integer image -> uint8. Floats are fractions in [0, 1] (clipped: a resized array
+    may overshoot a little), except with `float_levels` (a PIL "F" image: converting "L" to "F" keeps
+    0-255 levels) when they go above 1. Integers up to 255 are 8-bit levels, larger ones 16-bit."""
     if array.dtype == np.uint8:
         return array
     is_float = np.issubdtype(array.dtype, np.floating)
     array = np.nan_to_num(array.astype(np.float64))
     peak = array.max(initial=0)
-    if is_float and peak <= 1.0:
+    if is_float and (not float_levels or peak <= 1.0):
         scaled = array * 255
     else:
         scaled = array * 255 / 65535 if peak > 255 else array
@@ -73,7 +73,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image)))
+        image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

@@ -223,7 +223,8 @@ class Pipeline:
 
         options = options or SamplingOptions()
         todo = int((~canvas.known_mask).sum())
-        if isinstance(options.schedule, str) and options.steps > todo:  # a small grid painted over whole
+        # A small grid painted over whole has fewer tokens than steps (partial masks scale their steps).
+        if not canvas.known_mask.any() and isinstance(options.schedule, str) and options.steps > todo:
             options = replace(options, steps=todo)
         events = self._sample(canvas, [self.label(label)], [seed], options, windowed=False)
         return self._frames(events, canvas.tokens[None], finish)

@@ -116,6 +116,8 @@ def test_open_image_modes_and_orientation():
         assert np.abs(np.asarray(out)[1, 1].astype(int) - value).max() <= 2, (mode, np.asarray(out)[1, 1])
     fraction = Image.fromarray(np.full((4, 8), 0.5, np.float32))
     assert np.asarray(open_image(encoded(fraction, "TIFF")))[0, 0].tolist() == [128, 128, 128]
+    overshoot = np.linspace(0, 1.02, 5, dtype=np.float32)[None].repeat(2, 0)  # a resized float array
+    assert np.asarray(open_image(overshoot))[0, :, 0].tolist() == [0, 65, 130, 195, 255]
     sixteen = Image.fromarray(np.full((4, 8), 65535, np.uint16))
     assert np.asarray(open_image(encoded(sixteen)))[0, 0].tolist() == [255, 255, 255]
     clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
@@ -164,6 +166,11 @@ def test_small_marks_big_images_and_thin_strips(pipe):
     out = np.asarray(run_to_end(pipe.inpaint(big, dot, 0, options=FAST))[0])
     assert np.array_equal(out[:300], np.asarray(big)[:300])
     assert not np.array_equal(out[500:502, 500:502], np.asarray(big)[500:502, 500:502])
+    part = np.zeros((1024, 1024), bool)
+    part[256:512, 256:512] = True  # 4x4 cells plus a margin: 64 steps scale to the share of tokens left
+    frames = list(pipe.inpaint(big, part, 0, options=SamplingOptions(steps=64)))
+    todo = int((frames[0].tokens == arpg_core.UNKNOWN).sum())
+    assert todo == 36 and frames[-1].step == round(64 * todo / 256)
     strip = picture(64, 4)  # a 1x16 token grid: 16 tokens, fewer than the 32 steps asked for
     frames = list(pipe.inpaint(strip, np.ones((4, 64), bool), 0, options=SamplingOptions(steps=32)))
     assert frames[-1].done and frames[-1].step == 16 and frames[-1].images[0].size == (64, 4)
