@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,9 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
 def writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".arpg-write-test-{os.getpid()}"  # one per process: ranks check at once
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".arpg-write-test-", dir=path)  # unique: ranks check at once
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise CLIError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
     return path
@@ -264,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # argparse's REMAINDER would reject a leading option such as --quick
         from arpg_core import bench
 
-        bench.main(argv[1:])
+        try:
+            bench.main(argv[1:])
+        except ARPGError as exc:
+            print(f"arpg bench: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     for name in ("steps", "per_class", "batch_size"):

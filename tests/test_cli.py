@@ -45,7 +45,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     data = np.load(one / "samples_6.npz")
     assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (6, 64, 64, 3)
     assert np.array_equal(data["arr_0"], np.load(two / "samples_6.npz")["arr_0"])
-    # image i is seeded seed + i, whatever the batch or process: same class, next seed, another image
+    # image i is seeded seed + i, whichever process draws it: same class, next seed, another image
     assert not np.array_equal(data["arr_0"][0], data["arr_0"][1])
     assert not np.array_equal(data["arr_0"][0], data["arr_0"][2])
 

@@ -80,8 +80,12 @@ def test_cache_follows_the_data_and_resume_checks_the_tokenizer(tmp_path):
     torch.manual_seed(1)
     other = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "other.safetensors")
     swapped = [str(other) if a == str(vq_path) else a for a in args]
-    with pytest.raises(SystemExit, match="different tokenizer digest"):
+    with pytest.raises(SystemExit, match="codes of another tokenizer"):
         main(swapped + "--steps 3 --threads 1".split())
+    (tmp_path / "train" / "2_green").mkdir()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "train" / "2_green" / "0.png")
+    with pytest.raises(SystemExit, match=r"other classes \(added: 2_green\)"):
+        main(args + "--steps 3 --threads 1".split())
 
 
 def test_a_refused_export_leaves_the_assets_alone(tmp_path):
@@ -95,3 +99,12 @@ def test_a_refused_export_leaves_the_assets_alone(tmp_path):
     with pytest.raises(arpg_core.ARPGError, match="vocab"):
         export(str(vq_path), str(path), assets)
     assert (assets / "arpg_emoji.safetensors").read_bytes() == b"shipped" and len(list(assets.iterdir())) == 1
+
+
+def test_resume_takes_decays_from_the_command_line(tmp_path):
+    _, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 1 --threads 1 --ema-decay 0.9 --weight-decay 0.05".split())
+    main(args + "--steps 2 --threads 1 --ema-decay 0.5 --weight-decay 0.2".split())
+    state = common.load_checkpoint(out / common.CHECKPOINT_NAME)
+    assert state["ema"]["decay"] == 0.5
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.2, 0.0]

@@ -116,7 +116,7 @@ def test_reconstruction_loss_terms():
 def test_psnr_loss_weighs_images_by_their_relative_error():
     target = torch.zeros(2, 3, 4, 4)
     recon = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.4)]).requires_grad_(True)
-    loss = reconstruction_loss(recon, target, 0.0, 0.0, mse="psnr")["mse"]
+    loss = reconstruction_loss(recon, target, 0.0, 0.0, mse="psnr")["log_mse"]
     m = torch.tensor([0.01, 0.16])
     assert loss.item() == pytest.approx((m.log().mean() * m.mean()).item(), rel=1e-5)
     loss.backward()

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="train image folder")
     p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
     p.add_argument("--tokenizer", required=True, help="VQ checkpoint (path or hf://)")
-    p.add_argument("--config", default="ARPG-emoji", help="ARPGConfig preset name or a JSON file")
+    p.add_argument("--config", default=None, help="ARPGConfig preset name or a JSON file for the model's shape "
+                   "(default ARPG-emoji); vocabulary, classes and grid come from the tokenizer and the data")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=64)
@@ -156,23 +157,42 @@ def snapshot(model, ema, tokenizer, step, args, names, sheet: bool = True) -> No
                     extra_metadata={"step": str(step)})
 
 
-def build(args, vocab: int, num_classes: int, grid: int, run_id: dict):
-    """Model, EMA, optimiser and start step. A new run takes the preset's shape with the vocabulary,
-    class count and grid of the data; a resumed run must match the tokenizer and classes it began with."""
+def saved_state(args) -> dict | None:
     ckpt = args.out / common.CHECKPOINT_NAME
-    state = None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
-    wanted = replace(ARPGConfig.from_spec(args.config), vocab_size=vocab, num_classes=num_classes, grid_size=grid)
+    return None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
+
+
+def check_resume(state: dict | None, ckpt: Path, tokenizer_digest: str, folders: list[str] | None = None) -> None:
+    """A resumed run must see the tokenizer (and class folders) it began with: other codes or labels
+    would silently mean something else to the weights."""
+    if state is None:
+        return
+    hint = "Use another --out, or --fresh to start over."
+    before = state.get("tokenizer_digest")
+    if before is not None and before != tokenizer_digest:
+        raise ConfigError(f"{ckpt} was trained on the codes of another tokenizer (sha256 {before}..., this one "
+                          f"{tokenizer_digest}...). {hint}")
+    was = state.get("class_folders")
+    if folders is not None and was is not None and was != folders:
+        added, removed = sorted(set(folders) - set(was)), sorted(set(was) - set(folders))
+        change = "; ".join(part for part in (f"added: {', '.join(added[:5])}" if added else "",
+                                             f"removed: {', '.join(removed[:5])}" if removed else "") if part)
+        raise ConfigError(f"{ckpt} was trained on other classes ({change or 'renumbered'}), so its class labels "
+                          f"would shift. {hint}")
+
+
+def build(args, state: dict | None, vocab: int, num_classes: int, grid: int):
+    """Model, EMA, optimiser and start step. A new run takes the preset's shape with the vocabulary,
+    class count and grid of the data; a resumed run keeps its own shape."""
+    ckpt = args.out / common.CHECKPOINT_NAME
+    preset = ARPGConfig.from_spec(args.config or "ARPG-emoji")
+    wanted = replace(preset, vocab_size=vocab, num_classes=num_classes, grid_size=grid)
     if state:
         cfg = ARPGConfig.from_dict(state["config"])
-        for key, now in run_id.items():
-            before = state.get(key)
-            if before is not None and before != now:
-                raise ConfigError(f"{ckpt} was trained with a different {key.replace('_', ' ')} ({before} vs {now} "
-                                  f"now); its codes would mean something else. Use another --out, or --fresh")
         if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
             raise ConfigError(f"{ckpt} has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid "
                               f"{cfg.grid_size}; the data has vocab {vocab}, {num_classes} classes, grid {grid}")
-        if cfg != wanted:
+        if args.config is not None and cfg != wanted:
             print(f"resuming {ckpt}: its model shape is kept, --config {args.config} is not applied", flush=True)
     else:
         cfg = wanted
@@ -192,7 +212,10 @@ def train(args: argparse.Namespace) -> int:
     tok_path = resolve_source(args.tokenizer)  # a path, or hf://... through the hub cache
     tokenizer = load_tokenizer(tok_path)
     digest = file_digest(tok_path)
+    state = saved_state(args)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, digest)  # before spending time on encoding
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=True)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
     val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
     val = None
     if val_dir and val_dir.is_dir():
@@ -200,8 +223,8 @@ def train(args: argparse.Namespace) -> int:
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
     run_id = {"tokenizer_digest": digest, "class_folders": folders}
-    model, ema, optimizer, step = build(args, tokenizer.config.codebook_size, len(names), tokenizer.config.grid_size,
-                                        run_id)
+    model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
+                                        tokenizer.config.grid_size)
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)

@@ -76,7 +76,7 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: 
         # d log(m_i) = d m_i / m_i: every image counts by its relative error, as in a mean of PSNRs, where
         # the pooled MSE lets the worst images dominate. The detached mean keeps gradients the usual size.
         per_image = (recon - target).pow(2).flatten(1).mean(1) + 1e-8
-        terms = {"mse": per_image.log().mean() * per_image.mean().detach()}
+        terms = {"log_mse": per_image.log().mean() * per_image.mean().detach()}  # negative: not an MSE
     else:
         terms = {"mse": F.mse_loss(recon, target)}
     if l1_weight > 0:
@@ -139,7 +139,10 @@ def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     tracker.observe(vq.codes, latents)
-    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "vq": vq.total.item()}
+    logs = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "vq": vq.total.item()}
+    if "mse" not in logs:  # --mse psnr: still log the pooled MSE, comparable across runs
+        logs["mse"] = F.mse_loss(recon.detach().float(), images.float()).item()
+    return logs
 
 
 @torch.no_grad()
@@ -262,7 +265,7 @@ def train(args: argparse.Namespace) -> int:
             logs = train_step(model, optimizer, tracker, batch, args)
             ema.update(model)
             step += 1
-            progress.update(logs["loss"], usage=tracker.usage())
+            progress.update(logs["loss"], mse=logs["mse"], usage=tracker.usage())
             if step % args.reinit_every == 0:
                 partial = step - counted_from < args.reinit_every  # codes unseen since the resume may be live
                 usage, dead = tracker.usage(), tracker.reseed(model, optimizer, ema, gen,
