@@ -49,27 +49,21 @@ class ImageFolderDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist")
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
-        subdirs = [p for p in dirs if _images_in(p)]
-        self.empty_classes = [p.name for p in dirs if p not in subdirs] if subdirs else []
-        if classes is not None:
-            index = {name: i for i, name in enumerate(classes)}
-            unknown = [p.name for p in subdirs] if subdirs else ([] if len(classes) == 1 else [self.root.name])
-            unknown = [name for name in unknown if name not in index]
-            if unknown:
-                raise DataError(f"{self.root} has classes the training set does not: {', '.join(unknown)} "
-                                f"(training classes: {', '.join(classes)})")
-            self.class_names = list(classes)
-            if subdirs:
-                self.samples = [(f, index[d.name]) for d in subdirs for f in _images_in(d)]
-            else:
-                label = 0 if len(classes) == 1 else index[self.root.name]
-                self.samples = [(f, label) for f in _images_in(self.root)]
-        elif subdirs:
-            self.class_names = [p.name for p in subdirs]
-            self.samples = [(f, i) for i, d in enumerate(subdirs) for f in _images_in(d)]
-        else:
-            self.class_names = [self.root.name]
-            self.samples = [(f, 0) for f in _images_in(self.root)]
+        listed = [(d.name, _images_in(d)) for d in dirs]  # each folder listed once
+        groups = [(name, files) for name, files in listed if files]
+        self.empty_classes = [name for name, files in listed if not files] if groups else []
+        flat = not groups
+        if flat:  # no class sub-folders: the folder itself is the one class
+            groups = [(self.root.name, _images_in(self.root))]
+        self.class_names = list(classes) if classes is not None else [name for name, _ in groups]
+        index = {name: i for i, name in enumerate(self.class_names)}
+        if flat and len(self.class_names) == 1:  # a flat folder matches a one-class set whatever its name
+            index = {self.root.name: 0}
+        unknown = [name for name, _ in groups if name not in index]
+        if unknown:
+            raise DataError(f"{self.root} has classes the training set does not: {', '.join(unknown)} "
+                            f"(training classes: {', '.join(self.class_names)})")
+        self.samples = [(f, index[name]) for name, files in groups for f in files]
         if not self.samples:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
 
