@@ -19,7 +19,14 @@ from arpg_core.errors import ConfigError, SamplingError
 from arpg_core.imageio import open_image, to_pil, to_tensor
 from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
-from arpg_core.sampling.editing import Canvas, expand_canvas, inpaint_canvas, outpaint_canvas, sample_windowed
+from arpg_core.sampling.editing import (
+    Canvas,
+    expand_canvas,
+    inpaint_canvas,
+    outpaint_canvas,
+    padding,
+    sample_windowed,
+)
 from arpg_core.sampling.options import SamplingOptions
 from arpg_core.sampling.sampler import UNKNOWN, sample_steps, seeded
 from arpg_core.tokenizer.vq import VQModel
@@ -242,9 +249,9 @@ class Pipeline:
         """Grow the canvas by pad = (top, right, bottom, left) token cells; the original is kept as is."""
         image = open_image(image)
         grid = cell_grid(image.width, image.height, self.grid)
+        top, right, bottom, left = padding(pad)
+        self._check_grid(top + grid[0] + bottom, left + grid[1] + right)  # before any work or memory
         canvas = outpaint_canvas(self.encode(image, grid), pad)
-        self._check_canvas(canvas)
-        top, _, _, left = (int(p) for p in pad)
         fx, fy = image.width / (grid[1] * self.cell), image.height / (grid[0] * self.cell)
         rows, cols = canvas.grid
 
@@ -266,12 +273,14 @@ class Pipeline:
         (`options.rope_interpolation`); `windowed` decodes overlapping windows of the trained grid
         instead. `python -m arpg_core.expansion_eval` compares the two (see the README)."""
         image = open_image(image)
-        canvas = expand_canvas(self.encode(image, cell_grid(image.width, image.height, self.grid)))
-        self._check_canvas(canvas)
+        grid = cell_grid(image.width, image.height, self.grid)
+        self._check_grid(2 * grid[0], 2 * grid[1])
+        canvas = expand_canvas(self.encode(image, grid))
         events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(), windowed)
         return self._frames(events, canvas.tokens[None], self.decode)
 
-    def _check_canvas(self, canvas: Canvas) -> None:
-        if max(canvas.grid) > MAX_CANVAS_CELLS:
-            raise SamplingError(f"the canvas would be {canvas.grid[1]}x{canvas.grid[0]} tokens; the limit is "
+    @staticmethod
+    def _check_grid(rows: int, cols: int) -> None:
+        if max(rows, cols) > MAX_CANVAS_CELLS:
+            raise SamplingError(f"the canvas would be {cols}x{rows} tokens; the limit is "
                                 f"{MAX_CANVAS_CELLS} per side")

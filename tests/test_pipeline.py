@@ -81,6 +81,21 @@ def test_outpaint_contains_original(pipe):
         pipe.outpaint(image, (0, 40, 0, 0), 0)
     with pytest.raises(arpg_core.SamplingError, match="zero"):
         pipe.outpaint(image, (0, 0, 0, 0), 0)
+    with pytest.raises(arpg_core.SamplingError, match="limit"):  # refused before a 10^14-cell canvas exists
+        pipe.outpaint(image, (10**7, 10**7, 0, 0), 0)
+    for bad in ((1.5, 0, 0, 0), ("a", 0, 0, 0), (1, 2)):
+        with pytest.raises(arpg_core.SamplingError, match="whole numbers"):
+            pipe.outpaint(image, bad, 0)
+
+
+def test_a_bf16_tokenizer_encodes_and_decodes(pipe):
+    vq16 = arpg_core.build_tokenizer("VQ-tiny").eval()
+    vq16.load_state_dict(pipe.tokenizer.state_dict())
+    half = Pipeline(pipe.model, vq16.to(torch.bfloat16), class_names=["a", "b", "c"])
+    image = picture(32, 32)
+    same = (half.encode(image, (16, 16)) == pipe.encode(image, (16, 16))).float().mean().item()
+    assert same > 0.9  # bf16 rounding may move a few codes, not the picture
+    assert run_to_end(half.inpaint(image, np.ones((32, 32), bool), 0, options=FAST))[0].size == (32, 32)
 
 
 def test_expand_doubles_the_grid(pipe):

@@ -199,3 +199,75 @@ def test_top_p_and_linear_guidance():
     assert kept(0.81) == [True, True, True, False]
     assert cfg_per_step([1, 1, 1, 1], 5.0, "linear", 4) == [2.0, 3.0, 4.0, 5.0]
     assert cfg_per_step([2, 2], 5.0, "linear", 8) == [4.0, 5.0]  # 4 known tokens count as decoded
+
+
+def test_full_step_attention_matches_a_block_causal_forward(model):
+    """step_attention="full" (the authors' sampler): tokens fed in one step see each other. Each
+    probability equals one forward pass over the whole stream with a block-causal mask."""
+    labels = torch.tensor([2, 1])
+    kw = dict(steps=8, cfg_scale=1.0, return_probs=True)
+    events = list(sample_steps(model, labels.tolist(), generator=seeds(3, 4), step_attention="full", **kw))
+    causal = list(sample_steps(model, labels.tolist(), generator=seeds(3, 4), **kw))
+    final, order = events[-1].tokens.flatten(1), events[-1].order
+    n = model.config.seq_len
+    stream = torch.cat([model.class_tokens(labels)[:, None], final.gather(1, order)], dim=1)  # [B, 1 + N]
+    slots = torch.cat([torch.zeros_like(order[:, :1]), order + 1], dim=1)
+    group = torch.tensor([0] + [s + 1 for s, e in enumerate(events) for _ in range(e.positions.shape[1])])
+    rope = model.rope_table()
+    with torch.no_grad():
+        cache = model.new_cache(2, 1 + n, rope)
+        k, v = model.content_pass(stream, rope[slots], cache=cache, mask=group[None, :] <= group[:, None])
+        done = 0
+        for event in events:
+            seen = 1 + done  # the class and every token of earlier steps
+            logits = model.query_pass(rope[event.positions + 1], k[:, :, :seen], v[:, :, :seen])
+            want = logits.softmax(-1).gather(-1, final.gather(1, event.positions)[..., None]).squeeze(-1)
+            torch.testing.assert_close(event.probs, want, atol=1e-5, rtol=1e-4)
+            done += event.positions.shape[1]
+    # the first step feeds the class alone, so it agrees; later multi-token steps do not
+    torch.testing.assert_close(events[0].probs, causal[0].probs)
+    assert not torch.equal(events[-1].tokens, causal[-1].tokens)
+    from arpg_core.sampling.options import SamplingOptions
+
+    assert SamplingOptions.from_name("paper").step_attention == "full"
+
+
+def test_bad_known_tokens_orders_and_batches_are_typed_errors(model):
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[0, :3] = True
+    v = model.config.vocab_size
+    for bad in (v, -1, 10**6):  # the mask token, a negative, past the table
+        tokens = torch.zeros(6, 6, dtype=torch.long)
+        tokens[0, 1] = bad
+        with pytest.raises(SamplingError, match="image codes"):
+            generate(model, [0], known_tokens=tokens, known_mask=mask, generator=0)
+    tokens = torch.full((6, 6), -1)
+    tokens[0, :3] = 5  # unknown cells may hold anything
+    assert (generate(model, [0], known_tokens=tokens, known_mask=mask, generator=0)[0, :3] == 5).all()
+    with pytest.raises(SamplingError, match="go together"):
+        generate(model, [0], known_tokens=tokens, generator=0)
+    with pytest.raises(SamplingError, match="rows for a batch of 3"):
+        generate(model, [0, 1, 2], known_tokens=tokens, known_mask=mask.expand(2, 6, 6), generator=0)
+    with pytest.raises(SamplingError, match="at least one"):
+        generate(model, [], generator=0)
+    with pytest.raises(SamplingError, match="explicit order"):
+        generate(model, [0], order=[0, 1, 2], steps=4, generator=0)
+    assert generate(model, [0], steps=4.0, top_k=5.0, generator=0).shape == (1, 36)
+
+
+def test_a_filtered_token_is_never_drawn():
+    from arpg_core.sampling.sampler import draw
+
+    logits = torch.tensor([[[0.0, 5.0, 4.0, 3.0]]])
+    for top_k, top_p in ((2, None), (None, 0.5)):
+        token, prob = draw(logits, 1.0, top_k, top_p, torch.zeros(1, 1))  # the lowest uniform there is
+        assert token.item() == 1 and prob.item() > 0
+
+
+def test_windowed_stride_larger_than_the_window_is_refused(model):
+    from arpg_core.sampling.editing import outpaint_canvas, sample_windowed
+
+    canvas = outpaint_canvas(torch.zeros(6, 6, dtype=torch.long), (0, 6, 0, 0))
+    for stride in (7, -1):
+        with pytest.raises(SamplingError, match="stride"):
+            next(sample_windowed(model, [1], canvas, generator=0, stride=stride, steps=4))

@@ -169,13 +169,16 @@ class ARPG(nn.Module):
         make = lambda: KVCache(batch, cfg.n_head, max_len, cfg.head_dim, dtype, device)
         return DecodeCache([make() for _ in self.layers.self_dec], make(), rope.to(device))
 
-    def decode_step(self, tokens, slots, query_slots, cache: DecodeCache) -> torch.Tensor:
+    def decode_step(self, tokens, slots, query_slots, cache: DecodeCache, causal: bool = True) -> torch.Tensor:
         """Append content tokens [B, n] at rotary slots [B, n] to the cache, then predict the
-        target slots [B, m]. New tokens are causal among themselves and see the whole cache;
-        queries see every cached key and not each other. Returns float32 logits [B, m, V]."""
+        target slots [B, m]. New tokens see the whole cache and, among themselves, only earlier
+        ones (causal, as in training) or all of each other (causal=False, as the authors' sampler
+        does); queries see every cached key and not each other. Returns float32 logits [B, m, V]."""
         n = tokens.shape[1]
         start = cache.length
-        key_idx = torch.arange(start + n, device=tokens.device)
-        mask = key_idx[None, :] <= (start + torch.arange(n, device=tokens.device))[:, None]  # [n, L]
+        mask = None  # with a cache and no mask, every new token sees keys 0..start+n
+        if causal:
+            key_idx = torch.arange(start + n, device=tokens.device)
+            mask = key_idx[None, :] <= (start + torch.arange(n, device=tokens.device))[:, None]  # [n, L]
         k, v = self.content_pass(tokens, cache.rope[slots], cache=cache, mask=mask)
         return self.query_pass(cache.rope[query_slots], k, v)

@@ -38,13 +38,25 @@ def inpaint_canvas(tokens: torch.Tensor, regenerate: torch.Tensor) -> Canvas:
     return Canvas(tokens.masked_fill(regenerate, UNKNOWN), ~regenerate)
 
 
-def outpaint_canvas(tokens: torch.Tensor, pad: Sequence[int]) -> Canvas:
-    """Place tokens [h, w] inside a larger canvas; pad = (top, right, bottom, left) in cells."""
-    top, right, bottom, left = (int(p) for p in pad)
+def padding(pad: Sequence[int]) -> tuple[int, int, int, int]:
+    """(top, right, bottom, left) as whole cells >= 0, not all zero; anything else a SamplingError."""
+    try:
+        top, right, bottom, left = (int(p) for p in pad)
+        if any(int(p) != p for p in pad):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise SamplingError(f"padding must be four whole numbers of cells (top, right, bottom, left), "
+                            f"got {pad!r}") from None
     if min(top, right, bottom, left) < 0:
         raise SamplingError(f"padding must be >= 0 cells per side, got {tuple(pad)}")
     if top + right + bottom + left == 0:
         raise SamplingError("nothing to outpaint: every side has zero padding")
+    return top, right, bottom, left
+
+
+def outpaint_canvas(tokens: torch.Tensor, pad: Sequence[int]) -> Canvas:
+    """Place tokens [h, w] inside a larger canvas; pad = (top, right, bottom, left) in cells."""
+    top, right, bottom, left = padding(pad)
     h, w = tokens.shape
     canvas = torch.full((top + h + bottom, left + w + right), UNKNOWN, dtype=torch.long)
     canvas[top:top + h, left:left + w] = tokens
@@ -97,6 +109,8 @@ def sample_windowed(
     sees the tokens already fixed inside it at local positions (always in the trained range)."""
     g = model.config.grid_size
     stride = stride or max(1, g // 2)
+    if not 1 <= stride <= g:
+        raise SamplingError(f"stride must be 1..{g} cells (the window), got {stride}: a larger one leaves gaps")
     # Windows always sit inside the trained grid: no position interpolation.
     opts = replace(options.pop("options", None) or SamplingOptions(**options), rope_interpolation=False)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)

@@ -11,6 +11,16 @@ from arpg_core.config import ConfigBase
 from arpg_core.errors import SamplingError
 from arpg_core.sampling.plan import CFG_SCHEDULES, ORDERS, SCHEDULES
 
+STEP_ATTENTION = ("causal", "full")
+
+
+def _whole(x) -> bool:
+    """A whole number (64 or 64.0), not a bool, NaN, infinity or string."""
+    try:
+        return not isinstance(x, (bool, str)) and int(x) == x
+    except (TypeError, ValueError, OverflowError):
+        return False
+
 
 @dataclass
 class SamplingOptions(ConfigBase):
@@ -23,10 +33,16 @@ class SamplingOptions(ConfigBase):
     top_p: float | None = None
     order: str | Sequence[int] | torch.Tensor = "random"
     rope_interpolation: bool = True  # squeeze positions into the trained range on larger grids
+    # How the tokens fed together in one step attend to each other in pass 1: "causal" as in
+    # training (each sees the earlier ones in the order), or "full" as the authors' sampler runs
+    # it (the published FID/IS were measured that way). The first step is causal either way.
+    step_attention: str = "causal"
 
     PRESETS = {
-        "paper": dict(steps=64, schedule="arccos", cfg_scale=4.0, cfg_schedule="constant", top_k=600),
-        "reference-script": dict(steps=256, schedule="arccos", cfg_scale=2.0, cfg_schedule="linear"),
+        "paper": dict(steps=64, schedule="arccos", cfg_scale=4.0, cfg_schedule="constant", top_k=600,
+                      step_attention="full"),
+        "reference-script": dict(steps=256, schedule="arccos", cfg_scale=2.0, cfg_schedule="linear",
+                                 step_attention="full"),
         "fast": dict(steps=32, schedule="arccos", cfg_scale=4.0),
     }
 
@@ -39,9 +55,14 @@ class SamplingOptions(ConfigBase):
             raise SamplingError(f"unknown order {self.order!r}; choose one of {ORDERS}")
         if not (self.cfg_scale >= 0 and self.temperature >= 0):
             raise SamplingError("cfg_scale and temperature must be >= 0")
-        if self.top_k is not None and self.top_k < 1:
-            raise SamplingError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_k is not None:
+            if not _whole(self.top_k) or self.top_k < 1:
+                raise SamplingError(f"top_k must be an integer >= 1, got {self.top_k}")
+            self.top_k = int(self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+        if not _whole(self.steps) or self.steps < 1:
             raise SamplingError(f"steps must be a positive integer, got {self.steps}")
+        self.steps = int(self.steps)  # 64.0 is accepted as 64
+        if self.step_attention not in STEP_ATTENTION:
+            raise SamplingError(f"unknown step_attention {self.step_attention!r}; choose one of {STEP_ATTENTION}")

@@ -112,7 +112,13 @@ def full_order(
     `kind` is an order name or an explicit permutation ([N], or [B, N] one per row); known
     positions are moved to the front, keeping the relative order of the rest."""
     b, n = known.shape
-    explicit = None if isinstance(kind, str) else torch.as_tensor(kind, dtype=torch.long).reshape(-1, n)
+    explicit = None
+    if not isinstance(kind, str):
+        explicit = torch.as_tensor(kind, dtype=torch.long).cpu()
+        if explicit.numel() == 0 or explicit.numel() % n:
+            raise SamplingError(f"an explicit order needs 1 or {b} rows of {n} positions, got {explicit.numel()} "
+                                "numbers")
+        explicit = explicit.reshape(-1, n)
     if explicit is not None and explicit.shape[0] not in (1, b):
         raise SamplingError(f"an explicit order needs 1 or {b} rows of {n} positions")
     fixed = position_rank(kind, *grid) if explicit is None and kind != "random" else None

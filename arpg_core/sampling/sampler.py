@@ -44,14 +44,21 @@ def make_generators(generator, batch: int) -> list[torch.Generator]:
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise SamplingError(f"got {len(generator)} generators for a batch of {batch}")
-        return list(generator)
+        return [g if g.device.type == "cpu" else _cpu_twin(g) for g in generator]
     if isinstance(generator, int):
         return [seeded(generator + i) for i in range(batch)]
     if generator is None:
         generator = torch.Generator()
         generator.seed()  # a fresh nondeterministic seed; the global RNG is left alone
-    seeds = torch.randint(0, 2**62, (batch,), generator=generator)
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device)
+    return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+
+
+def _cpu_twin(generator: torch.Generator) -> torch.Generator:
+    """The sampler draws on the CPU (the same numbers on every device): a CUDA generator seeds
+    a CPU one, deterministically."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
+    return torch.Generator().manual_seed(int(seed))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -76,21 +83,33 @@ def draw(logits: torch.Tensor, temperature: float, top_k, top_p, uniforms: torch
         probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
         cdf = probs.cumsum(-1)
         target = (uniforms.to(cdf.device) * cdf[..., -1])[..., None]
-        tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+        # right=True: the first entry whose cdf exceeds the target, so a token filtered out (zero
+        # probability, a flat stretch of the cdf) is never drawn, not even for a uniform of 0
+        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def _known_rows(known_tokens, known_mask, batch: int, grid: tuple[int, int], device):
+def _known_rows(known_tokens, known_mask, batch: int, grid: tuple[int, int], vocab: int, device):
     n = grid[0] * grid[1]
+    if (known_tokens is None) != (known_mask is None):
+        raise SamplingError("known_tokens and known_mask go together: give both, or neither")
     if known_mask is None:
         return torch.zeros(batch, n, dtype=torch.long, device=device), torch.zeros(batch, n, dtype=torch.bool)
     mask = torch.as_tensor(known_mask, dtype=torch.bool).cpu()
-    tokens = torch.as_tensor(known_tokens, dtype=torch.long)
+    tokens = torch.as_tensor(known_tokens, dtype=torch.long).cpu()
     if mask.shape[-2:] != grid or tokens.shape[-2:] != grid:
         raise SamplingError(f"known tokens and mask must be [B, {grid[0]}, {grid[1]}] or [{grid[0]}, "
                             f"{grid[1]}], got {tuple(tokens.shape)} and {tuple(mask.shape)}")
-    mask = mask.reshape(-1, n).expand(batch, n)
-    tokens = tokens.reshape(-1, n).expand(batch, n).to(device)
+    mask, tokens = mask.reshape(-1, n), tokens.reshape(-1, n)
+    for name, rows in (("mask", mask), ("tokens", tokens)):
+        if rows.shape[0] not in (1, batch):
+            raise SamplingError(f"known {name} has {rows.shape[0]} rows for a batch of {batch}: give 1 or {batch}")
+    mask, tokens = mask.expand(batch, n), tokens.expand(batch, n)
+    bad = mask & ((tokens < 0) | (tokens >= vocab))
+    if bad.any():
+        raise SamplingError(f"known tokens must be image codes 0..{vocab - 1}; got {tokens[bad][0].item()} "
+                            f"at {int(bad.sum())} known cell(s)")
+    tokens = tokens.to(device)
     counts = mask.sum(1)
     if not torch.all(counts == counts[0]):
         raise SamplingError("every row must have the same number of known tokens")
@@ -126,13 +145,15 @@ def sample_steps(
     device = model.embeddings.weight.device
     labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
     batch = labels.shape[0]
+    if batch == 0:
+        raise SamplingError("nothing to sample: give at least one class label")
     if grid is None:
         grid = tuple(known_mask.shape[-2:]) if known_mask is not None else (cfg.grid_size, cfg.grid_size)
     grid = (int(grid[0]), int(grid[1]))
     if min(grid) < 1:
         raise SamplingError(f"grid must be at least 1x1, got {grid}")
     n = grid[0] * grid[1]
-    known_tok, known = _known_rows(known_tokens, known_mask, batch, grid, device)
+    known_tok, known = _known_rows(known_tokens, known_mask, batch, grid, cfg.vocab_size, device)
     gens = make_generators(generator, batch)
     plan = make_plan(opts, known, grid, gens, n)
     scale = (grid[0] / cfg.grid_size, grid[1] / cfg.grid_size) if opts.rope_interpolation else (1.0, 1.0)
@@ -159,7 +180,8 @@ def _decode(model, labels, known_tok, plan: StepPlan, rope, gens, opts, grid, re
     done = k
     for step, count in enumerate(plan.counts):
         targets = order[:, done:done + count]  # [B, n]
-        logits = model.decode_step(feed, slots, (targets + 1).repeat(rows, 1), cache)  # [rows*B, n, V]
+        causal = step == 0 or opts.step_attention == "causal"  # step 0: the class never sees known tokens
+        logits = model.decode_step(feed, slots, (targets + 1).repeat(rows, 1), cache, causal=causal)
         if use_cfg:
             cond, uncond = logits.chunk(2)
             logits = uncond + (cond - uncond) * plan.cfg[step]

@@ -242,7 +242,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("codebook_used", torch.zeros(CODEBOOK_USED_SLOTS))
 
     def codebook(self) -> torch.Tensor:
-        w = self.embedding.weight
+        w = self.embedding.weight.float()  # the nearest-code search is float32 even in a bf16 tokenizer
         return F.normalize(w, dim=-1) if self.l2_norm else w
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
@@ -296,7 +296,7 @@ class VQModel(nn.Module):
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> pre-quantisation latents [B, D, H/ds, W/ds]."""
         self._check_images(images)
-        return self.quant_conv(self.encoder(images))
+        return self.quant_conv(self.encoder(images.to(self.encoder.conv_in.weight.dtype)))  # a bf16 tokenizer too
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
