@@ -56,13 +56,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--order", choices=["random", "raster", "spiral", "edges-in"], default="random")
+    g.add_argument("--step-attention", choices=["causal", "full"], default="causal",
+                   help="tokens fed in one step see only earlier ones (causal, as in training) or each other "
+                        "(full, as the authors' sampler that produced the paper's FID)")
     g.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
 
 
 def sampling_options(args) -> SamplingOptions:
     return SamplingOptions(steps=args.steps, schedule=args.schedule, cfg_scale=args.cfg_scale,
                            cfg_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, order=args.order)
+                           top_p=args.top_p, order=args.order, step_attention=args.step_attention)
 
 
 def load_pipeline(args, device: str | None = None):

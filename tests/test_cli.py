@@ -117,11 +117,21 @@ def test_clear_errors(tmp_path):
         (["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "missing.png"),
           "--out", str(tmp_path / "o.png")], "cannot read mask"),
         (["sample", "--seed", str(2**64), "--out", str(tmp_path / "x")], "out of range"),
+        (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "10000000", "--out", str(tmp_path / "o.png")],
+         "limit is 48"),
     ]
     for args, message in cases:
         out = arpg(*args, check=False)
         assert out.returncode == 2, args
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_step_attention_reaches_the_sampler(tmp_path):
+    images = {}
+    for mode in ("causal", "full"):
+        arpg("sample", "--classes", "0", *FAST, "--step-attention", mode, "--out", str(tmp_path / mode))
+        images[mode] = np.asarray(Image.open(tmp_path / mode / pngs(tmp_path / mode)[0]))
+    assert images["causal"].shape == images["full"].shape and not np.array_equal(images["causal"], images["full"])
 
 
 @pytest.mark.parametrize("command", ["sample", "inpaint", "outpaint", "expand"])
