@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from arpg_core.errors import ConfigError, SamplingError
-from arpg_core.imageio import open_image, to_pil, to_tensor
+from arpg_core.imageio import MAX_PIXELS, open_image, to_pil, to_tensor
 from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
 from arpg_core.sampling.editing import (
@@ -246,19 +246,28 @@ class Pipeline:
 
     def outpaint(self, image, pad: tuple[int, int, int, int], label: int | None, seed: int = 0,
                  options: SamplingOptions | None = None, windowed: bool | None = None) -> Iterator[Frame]:
-        """Grow the canvas by pad = (top, right, bottom, left) token cells; the original is kept as is."""
+        """Grow the canvas by pad = (top, right, bottom, left) token cells; the original is kept as is,
+        at its own resolution, unless the result would pass MAX_PIXELS: then all of it is scaled down
+        to fit, the original with it."""
         image = open_image(image)
         grid = cell_grid(image.width, image.height, self.grid)
         top, right, bottom, left = padding(pad)
-        self._check_grid(top + grid[0] + bottom, left + grid[1] + right)  # before any work or memory
+        rows, cols = top + grid[0] + bottom, left + grid[1] + right
+        self._check_grid(rows, cols)  # before any work or memory
         canvas = outpaint_canvas(self.encode(image, grid), pad)
         fx, fy = image.width / (grid[1] * self.cell), image.height / (grid[0] * self.cell)
-        rows, cols = canvas.grid
+        size = (round(cols * self.cell * fx), round(rows * self.cell * fy))
+        kept = image
+        if size[0] * size[1] > MAX_PIXELS:
+            shrink = (MAX_PIXELS / (size[0] * size[1])) ** 0.5
+            fx, fy, size = fx * shrink, fy * shrink, (int(size[0] * shrink), int(size[1] * shrink))
+            kept = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
+                                Image.LANCZOS)
+        at = (round(left * self.cell * fx), round(top * self.cell * fy))
 
         def finish(tokens):
-            made = self.decode(tokens)[0]
-            out = made.resize((round(cols * self.cell * fx), round(rows * self.cell * fy)), Image.LANCZOS)
-            out.paste(image, (round(left * self.cell * fx), round(top * self.cell * fy)))
+            out = self.decode(tokens)[0].resize(size, Image.LANCZOS)
+            out.paste(kept, at)
             return [out]
 
         big = rows > self.grid or cols > self.grid
@@ -276,8 +285,16 @@ class Pipeline:
         grid = cell_grid(image.width, image.height, self.grid)
         self._check_grid(2 * grid[0], 2 * grid[1])
         canvas = expand_canvas(self.encode(image, grid))
+        aspect = image.width / image.height
+
+        def finish(tokens):  # whole cells round the proportions: give the source's back
+            made = self.decode(tokens)[0]
+            w, h = made.size
+            size = (w, max(1, round(w / aspect))) if aspect >= 1 else (max(1, round(h * aspect)), h)
+            return [made if size == made.size else made.resize(size, Image.LANCZOS)]
+
         events = self._sample(canvas, [self.label(label)], [seed], options or SamplingOptions(), windowed)
-        return self._frames(events, canvas.tokens[None], self.decode)
+        return self._frames(events, canvas.tokens[None], finish)
 
     @staticmethod
     def _check_grid(rows: int, cols: int) -> None:

@@ -176,7 +176,7 @@ def test_odd_image_modes_give_a_sensible_result(client, tmp_path, kind):
 
 def test_upload_size_is_limited(client, tmp_path):
     big = tmp_path / "big.png"
-    big.write_bytes(b"\x89PNG" + bytes(11 * 1024 * 1024))
+    big.write_bytes(b"\x89PNG" + bytes(65 * 1024 * 1024))  # MAX_FILE_SIZE is 64 MB
     with pytest.raises(Exception, match="maximum file size"):  # refused before any handler runs
         call(client, handle_file(str(big)), steps=2, api_name="/expand")
     assert Image.open(call(client, steps=2, api_name="/generate")[0][0]["image"]).size == (64, 64)
@@ -189,6 +189,7 @@ def test_a_stale_editor_canvas_is_refused():
 
     from app.handlers import Studio
     from app.models import ModelCache, registry
+    from app.runs import fingerprint
 
     studio = Studio(ModelCache(registry()))
     mask = np.zeros((64, 64), bool)
@@ -197,8 +198,9 @@ def test_a_stale_editor_canvas_is_refused():
     layer[..., 3] = mask * 200
     stale = {"background": Image.open(EXAMPLES / "grinning.png"), "layers": [Image.fromarray(layer, "RGBA")]}
     with pytest.raises(gr.Error, match="on this image first"):
-        next(studio.inpaint(stale, steps=4, placed=str(FOX)))
-    *_, (result, *_) = studio.inpaint({**stale, "background": Image.open(FOX)}, steps=4, placed=str(FOX))
+        next(studio.inpaint(stale, steps=4, placed=fingerprint(Image.open(FOX))))
+    placed = fingerprint(Image.open(FOX))
+    *_, (result, *_) = studio.inpaint({**stale, "background": Image.open(FOX)}, steps=4, placed=placed)
     kept = np.asarray(result.convert("RGB")) == load(FOX)
     assert kept[40:, 40:].all() and not kept[12:28, 12:28].all(axis=-1).all()  # the fox, painted region redrawn
 

@@ -98,8 +98,11 @@ def test_editing_commands_keep_known_pixels(tmp_path):
     left = round(4 * 4 * 80 / 64)  # 4 cells of 4 px at the image's scale of 80/64
     assert np.array_equal(wide[:, left:left + 80], src)
 
-    arpg("expand", "--image", str(tmp_path / "in.png"), *FAST, "--out", str(tmp_path / "big.png"))
-    assert Image.open(tmp_path / "big.png").size == (128, 104)
+    arpg("expand", "--image", str(tmp_path / "in.png"), *FAST, "--out", str(tmp_path / "big.jpg"))
+    with Image.open(tmp_path / "big.jpg") as big:  # the extension picks the format
+        assert big.format == "JPEG" and big.size == (128, 102)  # 80:64 kept (the cells alone made 128x104)
+    arpg("expand", "--image", str(tmp_path / "in.png"), *FAST, "--out", str(tmp_path / "results.v2"))
+    assert (tmp_path / "results.v2" / "in_expand.png").is_file()  # a dotted folder name is a folder
 
 
 def test_clear_errors(tmp_path):
@@ -119,6 +122,12 @@ def test_clear_errors(tmp_path):
         (["sample", "--seed", str(2**64), "--out", str(tmp_path / "x")], "out of range"),
         (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "10000000", "--out", str(tmp_path / "o.png")],
          "limit is 48"),
+        (["expand", "--image", str(tmp_path / "in.png"), "--device", "gpu", "--out", str(tmp_path / "o.png")],
+         "not a device torch knows"),
+        (["sample", "--device", "cuda:0", "--out", str(tmp_path / "x")], "no CUDA GPU"),
+        # inputs are checked before the model loads: a missing model file is not what is reported
+        (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "x", "--model", str(tmp_path / "none.pt"),
+          "--out", str(tmp_path / "o.png")], "--pad"),
     ]
     for args, message in cases:
         out = arpg(*args, check=False)

@@ -88,6 +88,25 @@ def test_outpaint_contains_original(pipe):
             pipe.outpaint(image, bad, 0)
 
 
+def test_outpaint_results_stay_under_the_pixel_limit(pipe, monkeypatch):
+    import arpg_core.pipeline as pipeline_module
+
+    image = picture(400, 300)  # 12 x 16 cells of 25 px: 4 more each side, 2 above and below: 600 x 400
+    monkeypatch.setattr(pipeline_module, "MAX_PIXELS", 200_000)
+    out = run_to_end(pipe.outpaint(image, (2, 4, 2, 4), 0, options=FAST))[0]
+    assert 190_000 < out.width * out.height <= 200_000
+    assert abs(out.width / out.height - 600 / 400) < 0.01  # the same layout, scaled as a whole
+
+
+def test_expand_keeps_the_proportions(pipe):
+    for w, h in ((48, 32), (32, 48), (100, 10)):
+        out = run_to_end(pipe.expand(picture(w, h), 0, options=FAST))[0]
+        long, short = max(out.size), min(out.size)
+        assert (out.width > out.height) == (w > h)
+        assert long == 2 * pipe.cell * max(cell_grid(w, h, 16))  # the resolution of the doubled grid
+        assert abs(short - long * min(w, h) / max(w, h)) <= 0.5, (w, h, out.size)  # the source's proportions
+
+
 def test_a_bf16_tokenizer_encodes_and_decodes(pipe):
     vq16 = arpg_core.build_tokenizer("VQ-tiny").eval()
     vq16.load_state_dict(pipe.tokenizer.state_dict())
