@@ -20,7 +20,15 @@ from PIL import Image
 
 from app.models import ModelCache
 from app.outpaint_frame import frame_value
-from app.runs import Run, counter_html, display_scale, mask_from_layers, same_picture, side_by_side, write_gif
+from app.runs import (
+    Run,
+    counter_html,
+    display_scale,
+    mask_from_layers,
+    same_picture,
+    side_by_side,
+    write_gif,
+)
 from arpg_core.errors import ARPGError, HubUnavailableError
 from arpg_core.imageio import open_image
 from arpg_core.pipeline import Frame, Pipeline
@@ -130,7 +138,7 @@ class Studio:
             self.pipeline(model)
         except HubUnavailableError as exc:
             log.warning("cannot load %s: %s", model, exc)
-            gr.Warning(f"{model} needs a download, but the hub cannot be reached. Staying on {current}.")
+            gr.Warning(f"{model} could not be fetched from the hub ({exc}). Staying on {current}.")
             return current, current, gr.skip(), gr.skip(), gr.skip()
         except ARPGError as exc:
             gr.Warning(f"{model} could not be loaded ({exc}). Staying on {current}.")
@@ -154,18 +162,21 @@ class Studio:
     def _stream(self, pipeline: Pipeline, frames: Iterator[Frame], model: str, blank: bool = False):
         """-> (frame image, counter, Run, final images or None), throttled to FRAME_INTERVAL.
         blank: the first frame is all pending (generation), so its picture can be reused."""
-        run, last = None, 0.0
+        run, last, gap = None, 0.0, FRAME_INTERVAL
         try:
             for frame in frames:
                 if run is None:
                     run = Run(model, display_scale(pipeline, tuple(frame.tokens.shape[-2:])))
                 run.add(frame)
-                if frame.done or frame.step == 0 or time.monotonic() - last >= FRAME_INTERVAL:
+                if frame.done or frame.step == 0 or time.monotonic() - last >= gap:
+                    started = time.monotonic()
                     if blank and frame.step == 0:
                         image = self._blank(pipeline, frame, model, run.scale)
                     else:
                         image = pipeline.render(frame.tokens, frame.positions, run.scale)
-                    last = time.monotonic()  # measured after the render, so rendering stays a minority
+                    last = time.monotonic()
+                    # Sampling gets at least twice the time rendering takes (a big canvas, a slow VQ).
+                    gap = max(FRAME_INTERVAL, 2 * (last - started))
                     run.shown.append((last, image))
                     counter = counter_html(frame.step, frame.num_steps, "done" if frame.done else "")
                     yield image, counter, run, frame.images
@@ -225,11 +236,12 @@ class Studio:
         model=None,
         placed=None,
     ):
-        """placed: the image last put into the editor from outside (an example, a generated image)."""
+        """placed: the fingerprint of the image last put into the editor from outside (an example,
+        a generated image)."""
         if not editor or editor.get("background") is None:
             raise gr.Error("Upload an image (or pick an example) and paint the region to change.")
         image = open_image(editor["background"])
-        if placed is not None and not same_picture(image, open_image(placed)):
+        if placed is not None and not same_picture(image, placed):
             # The editor sends its last painted state until it is painted on again.
             raise gr.Error("Paint over the region to regenerate on this image first.")
         mask = mask_from_layers(editor.get("layers"), image.size)

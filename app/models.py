@@ -76,14 +76,17 @@ class ModelCache:
         name = name or self.default
         if name not in self.specs:
             raise ValueError(f"unknown model {name!r}; choose one of {', '.join(self.specs)}")
-        if name in self._loaded:
-            return self._loaded[name]
+        pipeline = self._loaded.get(name)  # one lookup: another session may evict it right after
+        if pipeline is not None:
+            return pipeline
         with self._lock:  # one lock per name, so a long download does not hold up the loaded models
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
-            if name not in self._loaded:
-                self._store(name, self._load(self.specs[name]))
-        return self._loaded[name]
+            pipeline = self._loaded.get(name)
+            if pipeline is None:
+                pipeline = self._load(self.specs[name])
+                self._store(name, pipeline)
+        return pipeline
 
     def _load(self, spec: ModelSpec) -> Pipeline:
         pipeline = Pipeline.load(spec.model, spec.tokenizer, device=self.device)

@@ -78,10 +78,19 @@ def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
     return strip
 
 
-def same_picture(a: Image.Image, b: Image.Image) -> bool:
-    if a.size != b.size:
+def fingerprint(image: Image.Image) -> tuple[tuple[int, int], bytes]:
+    """The size and a 32x32 RGB thumbnail: enough to tell one picture from another, small enough to
+    keep in a session (a path would not do: Gradio's cache deletes its files after an hour)."""
+    return image.size, image.convert("RGB").resize((32, 32), Image.Resampling.BOX).tobytes()
+
+
+def same_picture(image: Image.Image, print_: tuple[tuple[int, int], bytes]) -> bool:
+    """Is `image` the picture `print_` (a fingerprint) was taken of, up to re-encoding?"""
+    size, thumb = fingerprint(image)
+    if size != tuple(print_[0]):
         return False
-    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()) < 2
+    diff = np.frombuffer(thumb, np.uint8).astype(np.int16) - np.frombuffer(print_[1], np.uint8).astype(np.int16)
+    return float(np.abs(diff).mean()) < 2
 
 
 def write_gif(run: Run, folder: Path) -> str | None:

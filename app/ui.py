@@ -14,12 +14,13 @@ from app.handlers import MAX_IMAGES, Studio
 from app.inputs import SafeImage, SafeImageEditor
 from app.models import ASSETS, ModelCache, registry
 from app.outpaint_frame import OutpaintFrame
+from app.runs import fingerprint
 from arpg_core.imageio import open_image
 from arpg_core.pipeline import MAX_CANVAS_CELLS
 from arpg_core.sampling.plan import CFG_SCHEDULES, ORDERS, SCHEDULES
 
 EXAMPLES = ASSETS / "examples"
-MAX_FILE_SIZE = "10mb"
+MAX_FILE_SIZE = "64mb"  # the editor uploads full-size RGBA PNGs: ~35 MB for a 16-megapixel photo
 QUEUE_SIZE = 16
 LIGHT = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")  # UI helpers
 HEADER = (
@@ -128,8 +129,9 @@ def _view(label: str, height: int, **kwargs) -> gr.Image:
     )
 
 
-def _input_image(label: str, examples: list[str], height: int) -> SafeImage:
+def _input_image(label: str, examples: list[str], height: int, elem_id: str) -> SafeImage:
     image = SafeImage(
+        elem_id=elem_id,
         value=examples[0] if examples else None,
         type="filepath",
         image_mode=None,
@@ -234,7 +236,8 @@ def _inpaint_tab(examples: list[str]) -> Tab:
             result = _view("Result", 280, elem_id="inp-result")
             view = _live_view("inp")
     def pick(index: int):  # a picture, not a path: Gradio serves returned paths only from allowed folders
-        return Studio.to_editor(open_image(examples[index])), examples[index]
+        image = open_image(examples[index])
+        return Studio.to_editor(image), fingerprint(image)
 
     picks.click(pick, picks, [editor, placed], **LIGHT)
     editor.upload(lambda: None, None, placed, **LIGHT)
@@ -244,7 +247,7 @@ def _inpaint_tab(examples: list[str]) -> Tab:
 def _outpaint_tab(examples: list[str]) -> tuple[Tab, OutpaintFrame]:
     with gr.Tab("Outpaint", id="outpaint"), gr.Row():
         with gr.Column(scale=1):
-            image = _input_image("Image", examples, 180)
+            image = _input_image("Image", examples, 180, "out-image")
             frame = OutpaintFrame(elem_id="out-frame")
             with gr.Row():
                 pads = [
@@ -269,7 +272,7 @@ def _outpaint_tab(examples: list[str]) -> tuple[Tab, OutpaintFrame]:
 def _expand_tab(examples: list[str]) -> Tab:
     with gr.Tab("Expand", id="expand"), gr.Row():
         with gr.Column(scale=1):
-            image = _input_image("Image", examples, 260)
+            image = _input_image("Image", examples, 260, "exp-image")
             gr.Markdown(
                 "Twice the token grid in each direction: the image's tokens stay on every other cell "
                 "and the new ones are generated around them."
@@ -308,7 +311,9 @@ def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFra
 
     for trigger in (image.change, active.change, demo.load):  # a new model may have another token grid
         trigger(show, [image, *pads, active], frame, **LIGHT)
-    frame.change(None, frame, pads, js="(v) => v ? [v.top, v.right, v.bottom, v.left] : [4, 4, 4, 4]")
+    # No image (cleared to upload another): the numbers keep the user's padding.
+    keep = "(v, t, r, b, l) => v ? [v.top, v.right, v.bottom, v.left] : [t, r, b, l]"
+    frame.change(None, [frame, *pads], pads, js=keep)
     to_frame = "(v, t, r, b, l) => v ? Object.assign({}, v, {top: t | 0, right: r | 0, bottom: b | 0, left: l | 0}) : v"
     for box in pads:
         box.input(None, [frame, *pads], frame, js=to_frame)
@@ -322,6 +327,7 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
         return evt.index
 
     gallery.select(pick, None, picked, **LIGHT)
+    gallery.change(lambda: 0, None, picked, **LIGHT)  # a new batch: its first image, not an old pick
 
     def sender(tab: str):
         def send_to(images, index):
@@ -329,7 +335,8 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
                 raise gr.Error("Generate an image first.")
             image = images[min(int(index or 0), len(images) - 1)][0]
             if tab == "inpaint":  # the editor value, and the image as the one placed there
-                return studio.to_editor(image), image, gr.update(selected=tab)
+                picture = open_image(image)
+                return studio.to_editor(picture), fingerprint(picture), gr.update(selected=tab)
             return image, gr.update(selected=tab)
 
         return send_to
@@ -356,7 +363,7 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
                 choices = studio.class_choices()
                 label = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True, info="type to search")
                 with gr.Row(equal_height=True):
-                    seed = gr.Number(0, precision=0, minimum=0, label="Seed", scale=4, min_width=120)
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="seed", scale=4, min_width=120)
                     dice = gr.Button("🎲", elem_id="dice", scale=0, min_width=48)
                 sampling = _sampling_controls(studio)
             with gr.Column(scale=3), gr.Tabs() as tabs:

@@ -65,8 +65,8 @@ def test_every_endpoint_returns_the_right_size(client):
     assert Image.open(call(client, editor_value(FOX, mask), steps=8, api_name="/inpaint")[0]).size == (64, 64)
     out = call(client, handle_file(str(FOX)), 2, 3, 1, 4, steps=4, api_name="/outpaint")[0]
     assert Image.open(out).size == ((16 + 3 + 4) * 4, (16 + 2 + 1) * 4)
-    # 96 x 64 -> an 11 x 16 token grid -> expanded to 22 x 32 tokens of 4 px
-    assert Image.open(call(client, handle_file(str(WIDE)), steps=4, api_name="/expand")[0]).size == (128, 88)
+    # 96 x 64 -> an 11 x 16 token grid -> expanded to 22 x 32 tokens of 4 px (128 x 88), then back to 3:2
+    assert Image.open(call(client, handle_file(str(WIDE)), steps=4, api_name="/expand")[0]).size == (128, 85)
 
 
 def test_inpaint_changes_only_the_masked_region(client):

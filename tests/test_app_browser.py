@@ -227,6 +227,18 @@ def test_outpaint_by_dragging_an_edge(page):
     page.screenshot(path=str(ARTIFACTS / "tab-outpaint.png"), full_page=True)
 
 
+def test_clearing_the_outpaint_image_keeps_the_padding(page):
+    open_tab(page, "Outpaint")
+    page.locator("#out-frame .op-px").wait_for()
+    set_number(page, "#out-right", 7)
+    page.wait_for_function("() => document.querySelector('#out-frame .op-px').innerText.startsWith('108')")
+    page.locator("#out-image button[aria-label='Remove Image']").click()
+    page.wait_for_function("() => !document.querySelector('#out-frame img')")  # the frame has no image now
+    page.wait_for_timeout(500)
+    values = [page.locator(f"#out-{side} input").input_value() for side in ("top", "right", "bottom", "left")]
+    assert values == ["4", "7", "4", "4"]
+
+
 def test_expand(page):
     open_tab(page, "Expand")
     set_number(page, "#steps", 4)
@@ -286,3 +298,31 @@ def test_send_a_result_to_an_editing_tab(page):
             return
         page.wait_for_timeout(200)
     pytest.fail("the outpaint frame does not show the generated image")
+
+
+def test_a_new_batch_sends_its_own_first_image(page):
+    """A thumbnail picked in an earlier batch must not choose what "Outpaint this" sends from a new one."""
+    set_number(page, "#steps", 4)
+    set_number(page, "#num-images", 2)
+    thumbs = page.locator("#gen-results .thumbnail-lg img")
+    run_and_watch(page, "Generate", "gen")
+    first = thumbs.evaluate_all("els => els.map(e => e.src)")
+    page.locator("#gen-results .thumbnail-lg").nth(1).click()  # pick the second of the first batch
+    set_number(page, "#seed", 11)
+    run_and_watch(page, "Generate", "gen")
+    page.wait_for_function(
+        "(old) => { const s = [...document.querySelectorAll('#gen-results .thumbnail-lg img')].map(e => e.src);"
+        " return s.length === 2 && !s.some(x => old.includes(x)); }", arg=first)
+    srcs = thumbs.evaluate_all("els => els.map(e => e.src)")
+    batch = [np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")) for src in srcs]
+    assert not np.array_equal(batch[0], batch[1])
+    page.get_by_role("button", name="Outpaint this").click()
+    for _ in range(50):
+        src = page.evaluate("() => { const i = document.querySelector('#out-frame img'); return i && i.src; }")
+        if src and src.startswith("data:"):
+            shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+            if np.array_equal(shown, batch[0]):
+                return
+            assert not np.array_equal(shown, batch[1]), "the old pick chose the second image of the new batch"
+        page.wait_for_timeout(200)
+    pytest.fail("the outpaint frame does not show the new batch's first image")
