@@ -54,9 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "MSE's size), whose optimum is the best mean per-image PSNR, the number eval reports")
     p.add_argument("--entropy-weight", type=float, default=0.0)
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
-    p.add_argument("--shift", type=int, default=0,
-                   help="move each training image by up to N pixels each way, filling with white: shifts that "
-                        "are not multiples of the token size give the decoder new code maps of the same content")
     p.add_argument("--reinit-every", type=int, default=100, help="re-seed unused codes every N steps")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
@@ -127,16 +124,6 @@ class CodeTracker:
                     state[key][dead] = 0
         self.counts.zero_()
         return len(dead)
-
-
-def random_shift(batch: torch.Tensor, max_shift: int, gen: torch.Generator, fill: float = 1.0) -> torch.Tensor:
-    """Each image of [B, C, H, W] moved by its own (dy, dx) in [-max_shift, max_shift], uncovered pixels `fill`."""
-    if max_shift <= 0:
-        return batch
-    h, w = batch.shape[-2:]
-    padded = F.pad(batch, (max_shift,) * 4, value=fill)
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(batch), 2), generator=gen).tolist()
-    return torch.stack([img[:, dy:dy + h, dx:dx + w] for img, (dy, dx) in zip(padded, offsets, strict=True)])
 
 
 def train_step(model, optimizer, tracker, images, args) -> dict[str, float]:
@@ -272,7 +259,6 @@ def train(args: argparse.Namespace) -> int:
             batch = images[next(batches)]
             flip = torch.rand(len(batch), generator=gen) < 0.5
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-            batch = random_shift(batch, args.shift, gen)
             if args.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             common.set_lr(optimizer, common.lr_at(step, args.lr, args.warmup, args.steps))
@@ -302,8 +288,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
         raise SystemExit("--steps and --batch-size must be positive")
-    if args.shift < 0:
-        raise SystemExit("--shift must be 0 or more pixels")
     try:
         train(args)
     except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
