@@ -3,7 +3,8 @@ drag outward, snapping to token cells, with the new size shown live.
 
 Its value is a dict: the image (a small data URL), its token grid (`rows`, `cols`), source pixels
 per cell (`px_x`, `px_y`), the padding per side in cells (`top`, `right`, `bottom`, `left`) and the
-canvas cap `max`. Dragging moves the frame locally; on release the new padding is written to
+canvas cap `max` and the result's pixel cap `max_px` (the pipeline scales a larger result down
+to fit, and the size shown does the same). Dragging moves the frame locally; on release the new padding is written to
 `props.value`, which fires `change`. The view is `view` cells square with the image in the middle,
 so dragging one side can reach half of the spare room; the numeric fields can ask for any split.
 """
@@ -16,6 +17,7 @@ import io
 import gradio as gr
 from PIL import Image
 
+from arpg_core.imageio import MAX_PIXELS
 from arpg_core.pipeline import MAX_CANVAS_CELLS, Pipeline, cell_grid
 
 THUMB_PX = 320
@@ -28,6 +30,10 @@ HTML_TEMPLATE = """
   const v = value;
   const view = Math.max(v.max, v.cols + 2 * Math.max(v.left, v.right), v.rows + 2 * Math.max(v.top, v.bottom));
   const w = v.cols + v.left + v.right, h = v.rows + v.top + v.bottom;
+  // Pipeline.outpaint's size: source pixels per cell, floored to fit max_px when larger
+  const fit = (W, H) => (W * H > v.max_px ? [Math.floor(W * Math.sqrt(v.max_px / (W * H))),
+    Math.floor(H * Math.sqrt(v.max_px / (W * H))), ' (scaled to fit)'] : [W, H, '']);
+  const [pw, ph, note] = fit(Math.round(w * v.px_x), Math.round(h * v.px_y));
   const handles = ['n', 's', 'e', 'w', 'ne', 'nw', 'se', 'sw'].map(
     (s) => `<div class="op-h op-${s}" data-side="${s}" tabindex="0" role="slider" aria-label="drag ${s} edge"></div>`
   ).join('');
@@ -37,7 +43,7 @@ HTML_TEMPLATE = """
       <div class="op-canvas">${handles}</div>
       <img class="op-img" src="${v.src}" alt="image to outpaint" draggable="false">
     </div>
-    <div class="op-size"><span class="op-px">${Math.round(w * v.px_x)} × ${Math.round(h * v.px_y)} px</span>
+    <div class="op-size"><span class="op-px">${pw} × ${ph} px${note}</span>
       <span class="op-cells">${w} × ${h} tokens</span>
       <span class="op-pad">+${v.top} ↑ · +${v.right} → · +${v.bottom} ↓ · +${v.left} ←</span></div>`;
 })()}</div>
@@ -88,7 +94,12 @@ function show(v) {
   stage.style.setProperty('--t', v.top); stage.style.setProperty('--r', v.right);
   stage.style.setProperty('--b', v.bottom); stage.style.setProperty('--l', v.left);
   const w = v.cols + v.left + v.right, h = v.rows + v.top + v.bottom;
-  element.querySelector('.op-px').textContent = `${Math.round(w * v.px_x)} × ${Math.round(h * v.px_y)} px`;
+  let W = Math.round(w * v.px_x), H = Math.round(h * v.px_y), note = '';
+  if (W * H > v.max_px) {  // as Pipeline.outpaint: the whole result scaled down to the pixel cap
+    const s = Math.sqrt(v.max_px / (W * H));
+    [W, H, note] = [Math.floor(W * s), Math.floor(H * s), ' (scaled to fit)'];
+  }
+  element.querySelector('.op-px').textContent = `${W} × ${H} px${note}`;
   element.querySelector('.op-cells').textContent = `${w} × ${h} tokens`;
   element.querySelector('.op-pad').textContent = `+${v.top} ↑ · +${v.right} → · +${v.bottom} ↓ · +${v.left} ←`;
 }
@@ -188,4 +199,5 @@ def frame_value(image: Image.Image, pipeline: Pipeline, pad: tuple) -> dict:
         "bottom": bottom,
         "left": left,
         "max": MAX_CANVAS_CELLS,
+        "max_px": MAX_PIXELS,
     }

@@ -25,8 +25,9 @@ from arpg_core.distributed import Distributed
 from arpg_core.errors import ARPGError
 from arpg_core.imageio import ImageInputError, open_image
 from arpg_core.loading import load_model, load_tokenizer
-from arpg_core.pipeline import Pipeline, run_to_end
+from arpg_core.pipeline import MAX_CANVAS_CELLS, Pipeline, run_to_end
 from arpg_core.sampling.options import SamplingOptions
+from arpg_core.sampling.sampler import seeded
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,6 +76,10 @@ def check_device(device: str) -> str:
         raise CLIError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:1, mps ...)") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {device}: this torch sees no CUDA GPU (a CPU-only build, or no driver)")
+    try:  # mps or xpu on a build without them, cuda:7 on a one-GPU machine ...
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
+        raise CLIError(f"--device {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return device
 
 
@@ -118,13 +123,28 @@ def save_image(image: Image.Image, path: Path) -> None:
     """Write then rename, so a crash never leaves a half-written file that a rerun would skip. The
     format follows the name's extension (.png, .jpg, .webp ...)."""
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    image.save(tmp)
+    try:
+        image.save(tmp)
+    except (OSError, KeyError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise CLIError(f"cannot write {path}: {exc}") from None
     tmp.replace(path)
 
 
+def writable_formats() -> dict[str, str]:
+    """Extensions Pillow can write an RGB picture as (.png, .jpg, .webp ...; not .psd, read-only)."""
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
 def is_image_name(path: Path) -> bool:
-    """out.png, out.JPG: a file; results, results.v2: a folder."""
-    return path.suffix.lower() in Image.registered_extensions()
+    """out.png, out.JPG: a file; results, results.v2: a folder. A read-only image format (.psd) is an error."""
+    suffix = path.suffix.lower()
+    if suffix in writable_formats():
+        return True
+    if suffix in Image.registered_extensions():
+        raise CLIError(f"--out {path}: Pillow cannot write {suffix} files; use .png, .jpg or .webp")
+    return False
 
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -202,6 +222,10 @@ def parse_pad(text: str) -> tuple[int, int, int, int]:
         values *= 4
     if len(values) != 4 or min(values) < 0:
         raise CLIError(f"--pad takes 'top,right,bottom,left' token cells (or one number), got {text!r}")
+    top, right, bottom, left = values
+    if max(top + bottom, left + right) >= MAX_CANVAS_CELLS:  # the image needs at least one cell: over for any model
+        raise CLIError(f"--pad {text}: the canvas would pass {MAX_CANVAS_CELLS} cells a side; the limit is "
+                       f"{MAX_CANVAS_CELLS} per side, image included")
     return tuple(values)
 
 
@@ -214,29 +238,35 @@ def edit_target(args) -> Path:
     return out if file else out / f"{Path(args.image).stem}_{args.command}.png"
 
 
+def edit_settings(args) -> tuple[SamplingOptions, Path]:
+    seeded(args.seed)  # a seed torch cannot hold is a SamplingError now, not after loading
+    return sampling_options(args), edit_target(args)
+
+
 def run_edit(target: Path, frames) -> None:
     image = run_to_end(frames)[0]
     save_image(image, target)
     print(f"wrote {target} ({image.width}x{image.height})")
 
 
-# Each command reads its inputs and checks --out first: a typo is reported before a model loads.
+# Each command reads its inputs and checks --seed and --out first: a typo is reported before a
+# model loads (for an hf:// model, before a download).
 def cmd_inpaint(args) -> None:
     image = read_image(args.image)
     mask = read_mask(args.mask, image.size)
-    opts, target = sampling_options(args), edit_target(args)
+    opts, target = edit_settings(args)
     run_edit(target, load_pipeline(args).inpaint(image, mask, args.class_, args.seed, opts))
 
 
 def cmd_outpaint(args) -> None:
     image, pad = read_image(args.image), parse_pad(args.pad)
-    opts, target = sampling_options(args), edit_target(args)
+    opts, target = edit_settings(args)
     run_edit(target, load_pipeline(args).outpaint(image, pad, args.class_, args.seed, opts))
 
 
 def cmd_expand(args) -> None:
     image = read_image(args.image)
-    opts, target = sampling_options(args), edit_target(args)
+    opts, target = edit_settings(args)
     run_edit(target, load_pipeline(args).expand(image, args.class_, args.seed, opts, windowed=args.windowed))
 
 
@@ -272,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_sampling_args(p)
         p.add_argument("--image", required=True)
         p.add_argument("--class", dest="class_", type=int, default=-1, help="class of the new content (-1 = none)")
-        p.add_argument("--out", required=True, help="output PNG path or folder")
+        p.add_argument("--out", required=True, help="output file (.png, .jpg, .webp ...: the extension picks the "
+                       "format) or folder (a PNG named after the image)")
         if name == "inpaint":
             p.add_argument("--mask", required=True,
                            help="same size as the image; white = regenerate (a layer with transparency: opaque)")

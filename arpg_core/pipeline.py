@@ -255,15 +255,18 @@ class Pipeline:
         rows, cols = top + grid[0] + bottom, left + grid[1] + right
         self._check_grid(rows, cols)  # before any work or memory
         canvas = outpaint_canvas(self.encode(image, grid), pad)
-        fx, fy = image.width / (grid[1] * self.cell), image.height / (grid[0] * self.cell)
-        size = (round(cols * self.cell * fx), round(rows * self.cell * fy))
-        kept = image
+        c = self.cell
+        fx, fy = image.width / (grid[1] * c), image.height / (grid[0] * c)  # source pixels per cell pixel
+        size = (round(cols * c * fx), round(rows * c * fy))
         if size[0] * size[1] > MAX_PIXELS:
             shrink = (MAX_PIXELS / (size[0] * size[1])) ** 0.5
-            fx, fy, size = fx * shrink, fy * shrink, (int(size[0] * shrink), int(size[1] * shrink))
-            kept = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
-                                Image.LANCZOS)
-        at = (round(left * self.cell * fx), round(top * self.cell * fy))
+            size = (max(1, int(size[0] * shrink)), max(1, int(size[1] * shrink)))
+            fx, fy = size[0] / (cols * c), size[1] / (rows * c)
+        # The original's edges, rounded as cumulative positions: with no padding on a side it meets that edge.
+        at = (round(left * c * fx), round(top * c * fy))
+        end = (round((left + grid[1]) * c * fx), round((top + grid[0]) * c * fy))
+        box = (end[0] - at[0], end[1] - at[1])
+        kept = image if box == image.size else image.resize(box, Image.LANCZOS)
 
         def finish(tokens):
             out = self.decode(tokens)[0].resize(size, Image.LANCZOS)

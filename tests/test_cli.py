@@ -120,14 +120,18 @@ def test_clear_errors(tmp_path):
         (["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "missing.png"),
           "--out", str(tmp_path / "o.png")], "cannot read mask"),
         (["sample", "--seed", str(2**64), "--out", str(tmp_path / "x")], "out of range"),
-        (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "10000000", "--out", str(tmp_path / "o.png")],
-         "limit is 48"),
         (["expand", "--image", str(tmp_path / "in.png"), "--device", "gpu", "--out", str(tmp_path / "o.png")],
          "not a device torch knows"),
-        (["sample", "--device", "cuda:0", "--out", str(tmp_path / "x")], "no CUDA GPU"),
+        (["expand", "--image", str(tmp_path / "in.png"), "--device", "cuda:99", "--out", str(tmp_path / "o.png")],
+         "--device cuda:99"),  # no GPU here, or no 100th one on a GPU machine
         # inputs are checked before the model loads: a missing model file is not what is reported
-        (["outpaint", "--image", str(tmp_path / "in.png"), "--pad", "x", "--model", str(tmp_path / "none.pt"),
-          "--out", str(tmp_path / "o.png")], "--pad"),
+        *[(["outpaint", "--image", str(tmp_path / "in.png"), *extra, "--model", str(tmp_path / "none.pt"),
+            "--out", str(tmp_path / out)], message) for extra, out, message in (
+            (["--pad", "x"], "o.png", "--pad"),
+            (["--pad", "10000000"], "o.png", "limit is 48"),
+            (["--pad", "2", "--seed", str(2**64)], "o.png", "out of range"),
+            (["--pad", "2"], "o.psd", "cannot write .psd"),
+        )],
     ]
     for args, message in cases:
         out = arpg(*args, check=False)

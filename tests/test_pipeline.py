@@ -96,6 +96,12 @@ def test_outpaint_results_stay_under_the_pixel_limit(pipe, monkeypatch):
     out = run_to_end(pipe.outpaint(image, (2, 4, 2, 4), 0, options=FAST))[0]
     assert 190_000 < out.width * out.height <= 200_000
     assert abs(out.width / out.height - 600 / 400) < 0.01  # the same layout, scaled as a whole
+    red = Image.new("RGB", (438, 339), (255, 0, 0))  # a size where rounding each part apart left a 1 px strip
+    for pad, corner in (((2, 0, 0, 4), (slice(-20, None), slice(-20, None))),
+                        ((0, 3, 5, 0), (slice(0, 20), slice(0, 20)))):
+        out = np.asarray(run_to_end(pipe.outpaint(red, pad, 0, options=FAST))[0]).astype(int)
+        # the scaled original still reaches the edges that got no padding: no strip of generated pixels
+        assert (np.abs(out[corner] - [255, 0, 0]) <= 2).all(), pad
 
 
 def test_expand_keeps_the_proportions(pipe):

@@ -230,6 +230,15 @@ def test_full_step_attention_matches_a_block_causal_forward(model):
     from arpg_core.sampling.options import SamplingOptions
 
     assert SamplingOptions.from_name("paper").step_attention == "full"
+    # With known tokens, step 0 feeds the class and all of them: causal in both modes, so the class
+    # token never sees the picture (and the first predictions agree); later steps differ.
+    known = torch.zeros(6, 6, dtype=torch.bool)
+    known[:2] = True
+    given = dict(known_tokens=torch.arange(36).view(6, 6) % model.config.vocab_size, known_mask=known)
+    full = list(sample_steps(model, [1], generator=seeds(5), step_attention="full", **given, **kw))
+    causal = list(sample_steps(model, [1], generator=seeds(5), **given, **kw))
+    torch.testing.assert_close(full[0].probs, causal[0].probs, rtol=0, atol=0)
+    assert not torch.equal(full[-1].tokens, causal[-1].tokens)
 
 
 def test_bad_known_tokens_orders_and_batches_are_typed_errors(model):
