@@ -239,6 +239,21 @@ def test_clearing_the_outpaint_image_keeps_the_padding(page):
     assert values == ["4", "7", "4", "4"]
 
 
+def test_outpaint_size_readout_follows_the_pixel_cap(page, tmp_path):
+    """A 16-megapixel upload with 4 cells a side would be 6144 x 6144 px: the readout shows what the
+    pipeline will deliver, scaled to the cap."""
+    from arpg_core.imageio import MAX_PIXELS
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4096, 4096), (40, 120, 200)).save(big)
+    open_tab(page, "Outpaint")
+    page.locator("#out-image button[aria-label='Remove Image']").click()
+    page.locator("#out-image input[type=file]").set_input_files(str(big))
+    page.wait_for_function("() => (document.querySelector('#out-frame .op-px') || {}).innerText?.includes('fit')")
+    w, h = map(int, re.match(r"(\d+) × (\d+) px", page.locator("#out-frame .op-px").inner_text()).groups())
+    assert w == h and 0.99 * MAX_PIXELS < w * h <= MAX_PIXELS
+
+
 def test_expand(page):
     open_tab(page, "Expand")
     set_number(page, "#steps", 4)
