@@ -2,10 +2,10 @@
 drag outward, snapping to token cells, with the new size shown live.
 
 Its value is a dict: the image (a small data URL), its token grid (`rows`, `cols`), source pixels
-per cell (`px_x`, `px_y`), the padding per side in cells (`top`, `right`, `bottom`, `left`) and the
-canvas cap `max` and the result's pixel cap `max_px` (the pipeline scales a larger result down
-to fit, and the size shown does the same). Dragging moves the frame locally; on release the new padding is written to
-`props.value`, which fires `change`. The view is `view` cells square with the image in the middle,
+per cell (`px_x`, `px_y`), the padding per side in cells (`top`, `right`, `bottom`, `left`), the
+canvas cap `max` and the result's pixel cap `max_px` (the pipeline scales a larger result down to
+fit, and the size shown does the same). Dragging moves the frame locally; on release the new
+padding is written to `props.value`, which fires `change`. The view is `view` cells square with the image in the middle,
 so dragging one side can reach half of the spare room; the numeric fields can ask for any split.
 """
 
