@@ -224,8 +224,8 @@ def parse_pad(text: str) -> tuple[int, int, int, int]:
         raise CLIError(f"--pad takes 'top,right,bottom,left' token cells (or one number), got {text!r}")
     top, right, bottom, left = values
     if max(top + bottom, left + right) >= MAX_CANVAS_CELLS:  # the image needs at least one cell: over for any model
-        raise CLIError(f"--pad {text}: the canvas would pass {MAX_CANVAS_CELLS} cells a side; the limit is "
-                       f"{MAX_CANVAS_CELLS} per side, image included")
+        raise CLIError(f"--pad {text} leaves no room for the image: the canvas limit is {MAX_CANVAS_CELLS} cells "
+                       "per side, image included")
     return tuple(values)
 
 
