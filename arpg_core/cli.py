@@ -79,7 +79,8 @@ def check_device(device: str) -> str:
     try:  # mps or xpu on a build without them, cuda:7 on a one-GPU machine ...
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, NotImplementedError) as exc:
-        raise CLIError(f"--device {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"--device {device} cannot be used here: {reason}") from None
     return device
 
 
