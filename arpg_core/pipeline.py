@@ -254,7 +254,7 @@ class Pipeline:
         top, right, bottom, left = padding(pad)
         rows, cols = top + grid[0] + bottom, left + grid[1] + right
         self._check_grid(rows, cols)  # before any work or memory
-        canvas = outpaint_canvas(self.encode(image, grid), pad)
+        canvas = outpaint_canvas(self.encode(image, grid), (top, right, bottom, left))
         c = self.cell
         fx, fy = image.width / (grid[1] * c), image.height / (grid[0] * c)  # source pixels per cell pixel
         size = (round(cols * c * fx), round(rows * c * fy))
