@@ -19,14 +19,16 @@ class ImageInputError(ARPGError, ValueError):
     """An upload that is not an image, is corrupt or truncated, or is too large."""
 
 
-def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Any common image -> RGB PIL image, EXIF rotation applied, transparency over white."""
+def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS,
+               draft: int | None = None) -> Image.Image:
+    """Any common image -> RGB PIL image, EXIF rotation applied, transparency over white. `draft`: a
+    JPEG may be decoded at a reduced scale whose shorter side is still at least this many pixels."""
     if isinstance(source, np.ndarray):
         source = Image.fromarray(_to_uint8(source))
     if isinstance(source, Image.Image):
         image = source
     else:
-        image = _decode(source, max_pixels)
+        image = _decode(source, max_pixels, draft)
     if image.width * image.height > max_pixels:
         raise ImageInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
     if image.width < 1 or image.height < 1:
@@ -35,15 +37,19 @@ def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels
     return _to_rgb(image)
 
 
-def _decode(source, max_pixels: int) -> Image.Image:
+def _decode(source, max_pixels: int, draft: int | None = None) -> Image.Image:
     data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(data)
+            if draft and image.format == "JPEG":  # DCT scaling: a 24 MP photo decodes at 1/8 the size
+                image.draft("RGB", (draft, draft))
             if image.width * image.height > max_pixels:
                 raise ImageInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
             image.load()  # decode now, so a truncated file fails here
+    except ImageInputError:
+        raise
     except FileNotFoundError:
         raise ImageInputError(f"no such image file: {source}") from None
     except UnidentifiedImageError:
@@ -55,10 +61,11 @@ def _decode(source, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_uint8(array: np.ndarray, float_levels: bool = False) -> np.ndarray:
+def _to_uint8(array: np.ndarray, float_levels: bool = False, wide: bool = False) -> np.ndarray:
     """A float or wide-integer image -> uint8. Floats are fractions in [0, 1] (clipped: a resized array
     may overshoot a little), except with `float_levels` (a PIL "F" image: converting "L" to "F" keeps
-    0-255 levels) when they go above 1. Integers up to 255 are 8-bit levels, larger ones 16-bit."""
+    0-255 levels) when they go above 1. Integers are 16-bit levels when `wide` (the file says so: a
+    dark 16-bit image has no value above 255) or when they go above 255, else 8-bit levels."""
     if array.dtype == np.uint8:
         return array
     is_float = np.issubdtype(array.dtype, np.floating)
@@ -67,13 +74,15 @@ def _to_uint8(array: np.ndarray, float_levels: bool = False) -> np.ndarray:
     if is_float and (not float_levels or peak <= 1.0):
         scaled = array * 255
     else:
-        scaled = array * 255 / 65535 if peak > 255 else array
+        scaled = array * 255 / 65535 if wide or peak > 255 else array
     return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True))
+        # "I;16*" is 16-bit by definition; "I" (32-bit) is what Pillow makes of 16-bit PNGs as well
+        wide = image.mode.startswith("I;16") or image.info.get("bits", 0) == 16
+        image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True, wide=wide))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

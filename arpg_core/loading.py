@@ -99,6 +99,19 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CorruptCheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from None
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's safetensors metadata without reading its tensors ({} for other formats)."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from None
+
+
 def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:

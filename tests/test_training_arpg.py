@@ -108,3 +108,62 @@ def test_resume_takes_decays_from_the_command_line(tmp_path):
     state = common.load_checkpoint(out / common.CHECKPOINT_NAME)
     assert state["ema"]["decay"] == 0.5
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.2, 0.0]
+
+
+def test_user_mistakes_get_one_line_errors(tmp_path):
+    _, out, args = _tiny_run(tmp_path)
+    with pytest.raises(SystemExit, match="--eval-every must be at least 1"):
+        main(args + "--steps 2 --eval-every 0".split())
+    with pytest.raises(SystemExit, match="--lr must be a positive number"):
+        main(args + "--steps 2 --lr nan".split())
+    with pytest.raises(SystemExit, match="--val-data .* is not a folder"):
+        main(args + f"--steps 2 --threads 1 --val-data {tmp_path / 'vall'}".split())
+    main(args + "--steps 2 --threads 1".split())
+    with pytest.raises(SystemExit, match="at step 2, and --steps is 2: nothing to train"):
+        main(args + "--steps 2 --threads 1".split())
+
+
+def test_no_flip_a_broken_cache_and_the_exported_weights(tmp_path):
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 2 --threads 1 --no-flip --eval-every 1 --sample-every 2".split())
+    cache = next(out.glob("codes_train_*.pt"))
+    assert not cache.name.endswith("_flip.pt") and len(torch.load(cache, weights_only=True)["codes"]) == 8
+    meta = arpg_core.loading.read_metadata(out / "arpg.safetensors")
+    tokenizer = arpg_core.load_tokenizer(vq_path)
+    assert meta["tokenizer_codes"] == tokenizer.codes_digest() and meta["weights"] in ("ema", "raw")
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    better = "ema" if evals[-1]["val_loss_ema"] <= evals[-1]["val_loss"] else "raw"
+    assert meta["weights"] == better
+    cache.write_bytes(cache.read_bytes()[:100])  # a cache cut short
+    main(args + "--steps 3 --threads 1 --no-flip --fresh".split())  # re-encodes instead of a traceback
+    assert len(torch.load(cache, weights_only=True)["codes"]) == 8
+    # a tokenizer whose encoder differs makes other codes: export refuses the pair
+    torch.manual_seed(5)
+    other = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "other.safetensors")
+    with pytest.raises(arpg_core.ARPGError, match="codes of another tokenizer"):
+        export(str(other), str(out / "arpg.safetensors"), tmp_path / "assets", per_class=1)
+    tuned = arpg_core.load_tokenizer(vq_path)  # a decoder-only fine-tune keeps the codes: accepted
+    with torch.no_grad():
+        tuned.post_quant_conv.weight.mul_(1.1)
+    tuned_path = arpg_core.save_checkpoint(tuned, tmp_path / "tuned.safetensors")
+    assert export(str(tuned_path), str(out / "arpg.safetensors"), tmp_path / "assets", per_class=1)
+
+
+def test_readable_class_names_follow_the_folders(tmp_path, capsys):
+    from arpg_core.data.folder import ImageFolderDataset
+    from arpg_core.training.train_arpg import class_names_of
+
+    data = _make_folder(tmp_path)
+    ds = ImageFolderDataset(data, 16)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"classes": ["Blue", "Red"], "folders": ["1_blue", "0_red"]}))
+    assert class_names_of(data, ds) == ["Red", "Blue"]  # paired by folder, not by position
+    meta.write_text(json.dumps({"classes": ["Red", "Blue"]}))  # no folders: names cannot be paired
+    assert class_names_of(data, ds) == ["0_red", "1_blue"]
+    meta.write_text("{broken")
+    assert class_names_of(data, ds) == ["0_red", "1_blue"] and "not used for class names" in capsys.readouterr().out
+
+
+def test_ema_warms_up():
+    ema = common.EMA(torch.nn.Linear(2, 2), decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999

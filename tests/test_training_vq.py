@@ -210,3 +210,49 @@ def test_emoji_builder_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(emoji.features, "check", lambda name: False)  # a Pillow without Raqm layout
     with pytest.raises(DataError, match="Raqm"):
         emoji.check_sources()
+
+
+def test_nested_stray_and_unreadable_files(tmp_path, capsys):
+    train = _make_folder(tmp_path)
+    (train / "0_red" / "2020").mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(train / "0_red" / "2020" / "deep.png")  # belongs to 0_red
+    (train / "0_red" / ".cache").mkdir()
+    Image.new("RGB", (20, 20)).save(train / "0_red" / ".cache" / "thumb.png")  # hidden: not data
+    Image.new("RGB", (20, 20)).save(train / "stray.png")
+    (train / "1_blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    ds = ImageFolderDataset(train, 16)
+    assert ds.class_counts() == [5, 5] and any("ignoring 1 image" in n for n in ds.notes())
+    images, labels = ds.load_all()
+    assert len(images) == 9 and labels.tolist().count(1) == 4
+    assert "skipping 1 unreadable file(s): 1_blue/broken.png" in capsys.readouterr().out
+    for f in (train / "1_blue").glob("*.png"):
+        f.write_bytes(b"junk")
+    with pytest.raises(DataError, match="none of the 5 images"):
+        ImageFolderDataset(train / "1_blue", 16).load_all()
+
+
+def test_image_reading_edge_cases(tmp_path):
+    from arpg_core.imageio import ImageInputError, open_image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    with pytest.raises(ImageInputError, match="the limit is 100 pixels"):  # not "corrupt or truncated"
+        open_image(tmp_path / "big.png", max_pixels=100)
+    Image.new("RGB", (1024, 768), (10, 200, 30)).save(tmp_path / "photo.jpg")
+    assert open_image(tmp_path / "photo.jpg", draft=64).size == (128, 96)  # decoded at 1/8 scale
+    dark = np.full((8, 8), 200, np.uint16)  # a dark 16-bit image: 200/65535 of white, not 200/255
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert np.asarray(open_image(tmp_path / "dark16.png")).max() == 1
+    Image.fromarray(dark.astype(np.uint8)).save(tmp_path / "dark8.png")
+    assert np.asarray(open_image(tmp_path / "dark8.png")).max() == 200
+
+
+def test_vq_trainer_refuses_bad_numbers_and_a_finished_run(tmp_path):
+    data, out = _make_folder(tmp_path), tmp_path / "run"
+    base = f"--data {data} --config VQ-tiny --out {out} --batch-size 4 --threads 1".split()
+    with pytest.raises(SystemExit, match="--threads must be at least 1"):
+        main(base + "--steps 1 --threads 0".split())
+    with pytest.raises(SystemExit, match="--reinit-every must be at least 1"):
+        main(base + "--steps 1 --reinit-every 0".split())
+    main(base + "--steps 1 --no-flip".split())
+    with pytest.raises(SystemExit, match="nothing to train"):
+        main(base + ["--steps", "1"])

@@ -1,5 +1,6 @@
-"""Image-folder data set: `root/<class>/*.png` (label = index in sorted folder names) or a flat
-folder of images (one class named after the folder)."""
+"""Image-folder data set: `root/<class>/**/*.png` (label = index in sorted folder names; images in
+sub-folders of a class folder belong to it) or a flat folder of images (one class named after the
+folder)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from arpg_core.errors import DataError
 from arpg_core.imageio import ImageInputError, open_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+TRAIN_MAX_PIXELS = 8192 * 8192  # photos are fine to train on (the app's upload limit is 4096^2)
 
 
 def _hidden(path: Path) -> bool:
@@ -22,13 +24,16 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name == "__MACOSX"
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(_hidden(Path(part)) for part in p.relative_to(folder).parts))
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """-> RGB float tensor [3, size, size] in [-1, 1]: resize shorter side, centre crop."""
-    im = open_image(path)  # transparent -> white (as the emoji set), EXIF rotation, any mode
+    # transparent -> white (as the emoji set), EXIF rotation, any mode; big JPEGs decode at a reduced scale
+    im = open_image(path, max_pixels=TRAIN_MAX_PIXELS, draft=size)
     scale = size / min(im.size)
     w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
     if (w, h) != im.size:
@@ -42,16 +47,19 @@ class ImageFolderDataset(Dataset):
 
     `classes` numbers the sub-folders as another set did (a held-out folder as its training folder),
     so a class missing here does not shift the labels of the rest. `empty_classes` lists sub-folders
-    that hold no images (they are not classes)."""
+    that hold no images (they are not classes); `stray_images` counts images lying next to class
+    folders (they belong to no class); `notes()` says both, for the trainers to print."""
 
     def __init__(self, root: str | Path, size: int, classes: list[str] | None = None):
         self.root, self.size = Path(root), size
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist")
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
-        listed = [(d.name, _images_in(d)) for d in dirs]  # each folder listed once
+        listed = [(d.name, _images_in(d, recursive=True)) for d in dirs]  # each folder listed once
         groups = [(name, files) for name, files in listed if files]
         self.empty_classes = [name for name, files in listed if not files] if groups else []
+        self.stray_images = len(_images_in(self.root)) if groups else 0
+        self.skipped: list[str] = []  # unreadable files left out by load_all
         flat = not groups
         if flat:  # no class sub-folders: the folder itself is the one class
             groups = [(self.root.name, _images_in(self.root))]
@@ -66,6 +74,16 @@ class ImageFolderDataset(Dataset):
         self.samples = [(f, index[name]) for name, files in groups for f in files]
         if not self.samples:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
+
+    def notes(self) -> list[str]:
+        """Warnings worth printing before training: what in the folder is not used, and why."""
+        out = []
+        if self.empty_classes:
+            out.append(f"{self.root}: skipping sub-folders without images: {', '.join(self.empty_classes)}")
+        if self.stray_images:
+            out.append(f"{self.root}: ignoring {self.stray_images} image(s) next to the class folders "
+                       "(move them into a class folder to use them)")
+        return out
 
     def fingerprint(self) -> str:
         """Changes when a file is added, removed, relabelled or rewritten, or the size changes."""
@@ -96,7 +114,22 @@ class ImageFolderDataset(Dataset):
         except (OSError, ImageInputError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
 
-    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole set in memory: (images [N, 3, S, S], labels [N]); small sets train much faster so."""
-        images = torch.stack([self[i][0] for i in range(len(self))])
-        return images, torch.tensor(self.labels, dtype=torch.long)
+    def load_all(self, log=print) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole set in memory: (images [N, 3, S, S], labels [N]); small sets train much faster so.
+        Files that cannot be read (corrupt, not an image, too large) are left out with a warning
+        through `log`, and listed in `skipped`; a set with none readable is a DataError."""
+        images, kept, self.skipped = [], [], []
+        for path, label in self.samples:
+            try:
+                images.append(load_image(path, self.size))
+                kept.append((path, label))
+            except (OSError, ImageInputError) as exc:
+                self.skipped.append(f"{path.relative_to(self.root)}: {exc}")
+        if self.skipped:
+            more = len(self.skipped) - 5
+            shown = "; ".join(self.skipped[:5]) + (f"; and {more} more" if more > 0 else "")
+            log(f"{self.root}: skipping {len(self.skipped)} unreadable file(s): {shown}")
+        if not kept:
+            raise DataError(f"none of the {len(self.samples)} images under {self.root} could be read")
+        self.samples = kept
+        return torch.stack(images), torch.tensor(self.labels, dtype=torch.long)

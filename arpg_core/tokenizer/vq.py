@@ -8,6 +8,7 @@ published VQ-16 weights load strictly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import ClassVar
 
 import torch
@@ -283,6 +284,16 @@ class VQModel(nn.Module):
         self.quantize = VectorQuantizer(cfg, beta, entropy_weight)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
+
+    def codes_digest(self) -> str:
+        """A short hash of what decides an image's codes: the config, encoder, quant_conv and codebook.
+        A decoder-only fine-tune keeps it, so an ARPG trained on the codes can name its tokenizer."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for key, value in sorted(self.state_dict().items()):
+            if key.startswith(("encoder.", "quant_conv.", "quantize.")) and "codebook_used" not in key:
+                h.update(key.encode())
+                h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
 
     def _check_images(self, images: torch.Tensor) -> None:
         ds = self.config.downsample

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from arpg_core.errors import CheckpointError
+from arpg_core.errors import CheckpointError, DataError
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -59,11 +59,17 @@ class EMA:
         self.decay = decay
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay ramps up over the first steps ((1 + step) / (10 + step)), so a young run's average
+        is not mostly its random initialisation (0.999 alone keeps 37% of it after 1,000 steps)."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        keep = self.decay_at(step)
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+                self.shadow[k].lerp_(v.float(), 1 - keep)
             else:
                 self.shadow[k].copy_(v)
 
@@ -209,3 +215,40 @@ class Progress:
 def log_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def held_out_folder(data: Path, val_data: Path | None) -> Path | None:
+    """The held-out image folder: --val-data when given (it must exist: a typo is not "no held-out
+    set"), else a `val` folder beside a `train` folder, else None."""
+    if val_data is not None:
+        if not val_data.is_dir():
+            raise DataError(f"--val-data {val_data} is not a folder")
+        return val_data
+    sibling = data.parent / "val"
+    return sibling if data.name == "train" and sibling.is_dir() else None
+
+
+def check_steps_left(step: int, total: int, ckpt: Path) -> None:
+    """A resumed run already at --steps would stop at once and export nothing: say so instead."""
+    if step >= total:
+        raise CheckpointError(f"{ckpt} is at step {step}, and --steps is {total}: nothing to train. Raise --steps "
+                              "to continue (the learning rate follows the new total), or pass --fresh.")
+
+
+def check_options(args, prog: str) -> None:
+    """Numbers argparse accepts but training cannot use -> one-line SystemExit, not a traceback later."""
+    bad = []
+    for name in ("steps", "batch_size", "threads", "save_every", "eval_every", "sample_every", "reinit_every"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            bad.append(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        bad.append(f"--lr must be a positive number (got {args.lr})")
+    if args.warmup < 0:
+        bad.append(f"--warmup must be 0 or more (got {args.warmup})")
+    if not 0 <= args.ema_decay < 1:
+        bad.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        bad.append(f"--weight-decay must be 0 or more (got {args.weight_decay})")
+    if bad:
+        raise SystemExit(f"{prog}: error: " + "; ".join(bad))

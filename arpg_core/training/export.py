@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from arpg_core.errors import ARPGError, CheckpointError
-from arpg_core.loading import load_model, load_tokenizer, save_checkpoint
+from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
 from arpg_core.pipeline import Pipeline
 from arpg_core.training.train_arpg import sample_sheet
 
@@ -33,6 +33,11 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -
     if not model.class_names:
         raise CheckpointError(f"{arpg_source} carries no class names; export it from train_arpg")
     Pipeline(model, tokenizer)  # vocab vs codebook, class names: the app would refuse the pair at start-up
+    trained_on = read_metadata(resolve_source(arpg_source)).get("tokenizer_codes")
+    if trained_on is not None and trained_on != tokenizer.codes_digest():
+        raise CheckpointError(f"{arpg_source} learned the codes of another tokenizer (codes digest {trained_on}, "
+                              f"{vq_source} has {tokenizer.codes_digest()}): the pair would draw noise. Export it "
+                              "with the tokenizer its train_arpg run used (or a --decoder-only fine-tune of it)")
     if model.config.grid_size != tokenizer.config.grid_size:
         raise CheckpointError(f"the model's grid is {model.config.grid_size} but the tokenizer makes "
                               f"{tokenizer.config.grid_size}x{tokenizer.config.grid_size} tokens")

@@ -3,14 +3,16 @@
     python -m arpg_core.training.train_arpg --data data/emoji/train --tokenizer runs/vq-emoji/vq.safetensors \
         --config ARPG-emoji --out runs/arpg-emoji --steps 20000
 
-Images are encoded once (with horizontally flipped copies) and cached in --out. Resumes from
-`<out>/last.pt` when it exists (pass --fresh to start over). Every --sample-every steps a sheet with
-one row per class is written to <out>/samples, and <out>/arpg.safetensors is refreshed (EMA weights).
+Images are encoded once (with horizontally flipped copies unless --no-flip) and cached in --out.
+Resumes from `<out>/last.pt` when it exists (pass --fresh to start over). Every --sample-every steps a
+sheet with one row per class is written to <out>/samples, and <out>/arpg.safetensors is refreshed with
+the EMA or the raw weights, whichever had the lower held-out loss at the last evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import time
@@ -48,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--class-dropout", type=float, default=0.1)
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="no mirrored copies (for data where left and right differ: text, arrows, digits)")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=2000)
@@ -60,12 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
-    """Readable names from a data set's meta.json when it has them, else the folder names."""
+    """Readable names from a data set's meta.json ("classes" paired with "folders", as
+    `arpg_core.data.emoji` writes it) when it names every class folder, else the folder names."""
     for meta in (folder / "meta.json", folder.parent / "meta.json"):
-        if meta.is_file():
-            names = json.loads(meta.read_text()).get("classes")
-            if names and len(names) == data.num_classes:
-                return list(names)
+        if not meta.is_file():
+            continue
+        try:
+            info = json.loads(meta.read_text())
+            by_folder = dict(zip(info["folders"], info["classes"], strict=True))
+            return [str(by_folder[name]) for name in data.class_names]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{meta}: not used for class names ({type(exc).__name__}: {exc}); using the folder names",
+                  flush=True)
     return list(data.class_names)
 
 
@@ -93,16 +103,19 @@ def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: P
     """-> (codes, labels, readable class names, class folder names). The cache is keyed by the
     tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded."""
     data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
-    if data.empty_classes:
-        print(f"{folder}: skipping sub-folders without images: {', '.join(data.empty_classes)}", flush=True)
+    for note in data.notes():
+        print(note, flush=True)
+    names = class_names_of(folder, data)
     cache = out / f"codes_{folder.name}_{tokenizer_digest}_{data.fingerprint()}{'_flip' if flips else ''}.pt"
     if cache.exists():
-        saved = torch.load(cache, weights_only=True)
-        return saved["codes"], saved["labels"], saved["class_names"], saved["folders"]
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return saved["codes"], saved["labels"], names, saved["folders"]
+        except Exception as exc:  # a cache cut short (disk full, killed mid-write): encode again
+            print(f"{cache.name} is unreadable ({type(exc).__name__}); encoding again", flush=True)
     print(f"encoding {len(data)} images of {folder} ...", flush=True)
     codes, labels = tokenize_folder(tokenizer, data, flips)
-    names = class_names_of(folder, data)
-    torch.save({"codes": codes, "labels": labels, "class_names": names, "folders": data.class_names}, cache)
+    common.save_checkpoint(cache, codes=codes, labels=labels, folders=data.class_names)  # atomic
     return codes, labels, names, data.class_names
 
 
@@ -135,26 +148,33 @@ def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8
     return path
 
 
-def evaluate(model, ema, val, unigram, step, args, progress) -> None:
+def evaluate(model, ema, val, unigram, step, args, progress) -> bool:
+    """Logs held-out losses; -> whether the EMA weights are the better ones (True without a held-out
+    set: they are the usual choice once a run is long enough to sample from)."""
     averaged = ema.module(model).eval()
     record = {"step": step, "time": time.time(), "unigram_loss": unigram}
+    use_ema = True
     if val is not None:
         record["val_loss_ema"] = heldout_loss(averaged, *val)
         record["val_loss"] = heldout_loss(model.eval(), *val)
         model.train()
+        use_ema = record["val_loss_ema"] <= record["val_loss"]  # early on the EMA still holds the init
         progress.write(f"[eval] step {step}: held-out loss {record['val_loss']:.4f} "
                        f"(EMA {record['val_loss_ema']:.4f}), unigram {unigram:.4f}")
     common.log_jsonl(args.out / "eval.jsonl", record)
+    return use_ema
 
 
-def snapshot(model, ema, tokenizer, step, args, names, sheet: bool = True) -> None:
-    """Exported EMA weights (and a sample sheet), so a run can be inspected and used while it trains."""
-    averaged = ema.module(model).eval()
-    averaged.class_names = names
+def snapshot(model, ema, tokenizer, step, args, names, use_ema: bool = True, sheet: bool = True) -> None:
+    """Exported weights (and a sample sheet), so a run can be inspected and used while it trains. The
+    metadata names the tokenizer's codes, so `export` can refuse a tokenizer that encodes otherwise."""
+    weights = (ema.module(model) if use_ema else copy.deepcopy(model)).eval()
+    weights.class_names = names
     if sheet:
-        sample_sheet(averaged, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
-    save_checkpoint(averaged, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
-                    extra_metadata={"step": str(step)})
+        sample_sheet(weights, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
+    save_checkpoint(weights, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
+                    extra_metadata={"step": str(step), "weights": "ema" if use_ema else "raw",
+                                    "tokenizer_codes": tokenizer.codes_digest()})
 
 
 def saved_state(args) -> dict | None:
@@ -214,17 +234,18 @@ def train(args: argparse.Namespace) -> int:
     digest = file_digest(tok_path)
     state = saved_state(args)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest)  # before spending time on encoding
-    codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=True)
+    codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
-    val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
+    val_dir = common.held_out_folder(args.data, args.val_data)
     val = None
-    if val_dir and val_dir.is_dir():
+    if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
     run_id = {"tokenizer_digest": digest, "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
                                         tokenizer.config.grid_size)
+    common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
@@ -234,6 +255,7 @@ def train(args: argparse.Namespace) -> int:
     save = lambda: common.save_checkpoint(args.out / common.CHECKPOINT_NAME, **common.training_state(
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
+    use_ema = True
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             idx = next(batches)
@@ -244,17 +266,17 @@ def train(args: argparse.Namespace) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            ema.update(model)
+            ema.update(model, step)
             step += 1
             progress.update(loss.item())
             if step % args.eval_every == 0 or step == args.steps:
-                evaluate(model, ema, val, unigram, step, args, progress)
+                use_ema = evaluate(model, ema, val, unigram, step, args, progress)
             if step % args.sample_every == 0 or step == args.steps:
-                snapshot(model, ema, tokenizer, step, args, names)
+                snapshot(model, ema, tokenizer, step, args, names, use_ema)
             if step % args.save_every == 0:
                 save()
         if flag.stop and step % args.sample_every:  # stopped early: export the weights reached, skip the sheet
-            snapshot(model, ema, tokenizer, step, args, names, sheet=False)
+            snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False)
     save()
     progress.close()
     print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
@@ -263,8 +285,7 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.steps <= 0 or args.batch_size <= 0:
-        raise SystemExit("--steps and --batch-size must be positive")
+    common.check_options(args, "train_arpg")
     try:
         train(args)
     except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback

@@ -16,7 +16,6 @@ OMP_WAIT_POLICY=PASSIVE: with another busy process, spinning OpenMP threads cost
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -54,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "MSE's size), whose optimum is the best mean per-image PSNR, the number eval reports")
     p.add_argument("--entropy-weight", type=float, default=0.0)
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="no random mirroring (for data where left and right differ: text, arrows, digits)")
     p.add_argument("--reinit-every", type=int, default=100, help="re-seed unused codes every N steps")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
@@ -167,10 +168,12 @@ def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> Non
 
 
 def load_data(args, cfg: VQConfig) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    val_dir = common.held_out_folder(args.data, args.val_data)  # a mistyped --val-data fails before decoding
     train = ImageFolderDataset(args.data, cfg.image_size)
+    for note in train.notes():
+        print(note, flush=True)
     images, labels = train.load_all()
-    val_dir = args.val_data or (args.data.parent / "val" if args.data.name == "train" else None)
-    val = ImageFolderDataset(val_dir, cfg.image_size).load_all()[0] if val_dir and val_dir.is_dir() else None
+    val = ImageFolderDataset(val_dir, cfg.image_size).load_all()[0] if val_dir is not None else None
     return train, images, labels, val
 
 
@@ -234,6 +237,7 @@ def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
+    common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
     args.out.mkdir(parents=True, exist_ok=True)
     train_set, images, labels, val = load_data(args, cfg)
     split = "val" if val is not None else "train"
@@ -257,13 +261,14 @@ def train(args: argparse.Namespace) -> int:
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             batch = images[next(batches)]
-            flip = torch.rand(len(batch), generator=gen) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+            if args.flip:
+                flip = torch.rand(len(batch), generator=gen) < 0.5
+                batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
             if args.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             common.set_lr(optimizer, common.lr_at(step, args.lr, args.warmup, args.steps))
             logs = train_step(model, optimizer, tracker, batch, args)
-            ema.update(model)
+            ema.update(model, step)
             step += 1
             progress.update(logs["loss"], mse=logs["mse"], usage=tracker.usage())
             if step % args.reinit_every == 0:
@@ -286,8 +291,7 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.steps <= 0 or args.batch_size <= 0 or math.isnan(args.lr):
-        raise SystemExit("--steps and --batch-size must be positive")
+    common.check_options(args, "train_vq")
     try:
         train(args)
     except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
