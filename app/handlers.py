@@ -113,6 +113,9 @@ class Studio:
         return self.cache.default
 
     def pipeline(self, model: str | None) -> Pipeline:
+        if not self.cache.is_loaded(model or self.default_model):
+            # another session's switch evicted it (one published model is kept at a time): say why it waits
+            gr.Info(f"Loading {model}…")
         return self.cache.get(model)
 
     def class_choices(self, model: str | None = None) -> list[tuple[str, int]]:
@@ -215,8 +218,8 @@ class Studio:
             raise gr.Error(f"Number of images must be between 1 and {MAX_IMAGES}.")
         labels = [self._label(label)] * int(num_images)
         frames = pipeline.generate(labels, seed=int(seed or 0), options=options)
-        for i, (image, counter, run, results) in enumerate(self._stream(pipeline, frames, model, blank=True)):
-            yield (results or (None if i == 0 else gr.skip())), image, counter, run
+        for image, counter, run, results in self._stream(pipeline, frames, model, blank=True):
+            yield results or gr.skip(), image, counter, run  # the last results stay until new ones come
 
     @gpu
     @user_errors
@@ -306,8 +309,8 @@ class Studio:
         yield from self._edit(pipeline, frames, model)
 
     def _edit(self, pipeline: Pipeline, frames: Iterator[Frame], model: str | None):
-        for i, (image, counter, run, results) in enumerate(self._stream(pipeline, frames, model)):
-            yield (results[0] if results else None if i == 0 else gr.skip()), image, counter, run
+        for image, counter, run, results in self._stream(pipeline, frames, model):
+            yield results[0] if results else gr.skip(), image, counter, run
 
     @staticmethod
     def _label(label) -> int:
@@ -325,13 +328,20 @@ class Studio:
 
     @user_errors
     def summarize(self, run: Run | None):
-        """-> (order maps, step slider, GIF file) once a run has finished or stopped."""
+        """-> (order maps, step slider, GIF file, counter) once a run has finished or stopped."""
         if run is None or run.step_map is None or run.shown is None:  # nothing yet, or summarized already
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         pipeline = self.cache.renderer(run.model)
         maps = side_by_side([pipeline.order_map(m, run.scale) for m in run.step_map])
         slider = gr.update(maximum=max(run.num_steps, 1), value=run.num_steps, interactive=run.num_steps > 0)
-        return maps, slider, write_gif(run, self.gif_dir)
+        # a stopped run says so, rather than a part-filled bar that looks hung
+        counter = gr.skip() if run.done else counter_html(run.num_steps, run.total, "stopped")
+        return maps, slider, write_gif(run, self.gif_dir), counter
+
+    @staticmethod
+    def lock_replay():
+        """A new run is starting: the slider would scrub the old run's steps over the new frames."""
+        return gr.update(interactive=False)
 
     # ---- helpers for the editing tabs ------------------------------------------------------------
     @user_errors

@@ -77,3 +77,29 @@ class SafeImageEditor(gr.ImageEditor):
         else:
             check_header(_path(payload.background))
         return _decoded(super().preprocess, payload)
+
+
+class ClassPicker(gr.Dropdown):
+    """The class dropdown, whose values are class indices (-1: unconditional). Gradio's dropdown
+    describes every value to API clients as a string, then refuses "3"; this one describes them as
+    integers, takes 3, "3" and 3.0 alike, and names the valid range when a value is not a class."""
+
+    is_template = True
+
+    def api_info(self) -> dict:
+        return {"type": "integer", "enum": [value for _, value in self.choices]}
+
+    def preprocess(self, payload):
+        if isinstance(payload, str):
+            try:
+                payload = int(payload.strip())
+            except ValueError:
+                pass
+        elif isinstance(payload, float) and payload.is_integer():
+            payload = int(payload)
+        values = [value for _, value in self.choices]
+        if payload is not None and payload not in values:
+            classes = [v for v in values if isinstance(v, int) and v >= 0]
+            span = f"0–{max(classes)}" if classes else "none"
+            raise gr.Error(f"Class {payload!r} is not one of this model's classes ({span}, or -1 for unconditional).")
+        return super().preprocess(payload)

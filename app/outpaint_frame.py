@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from arpg_core.imageio import MAX_PIXELS
-from arpg_core.pipeline import MAX_CANVAS_CELLS, Pipeline, cell_grid
+from arpg_core.pipeline import MAX_CANVAS_CELLS, Pipeline, cell_grid, source_px_per_cell
 
 THUMB_PX = 320
 
@@ -188,12 +188,13 @@ def frame_value(image: Image.Image, pipeline: Pipeline, pad: tuple) -> dict:
     buffer = io.BytesIO()
     thumb.save(buffer, format="PNG")
     top, right, bottom, left = (int(p or 0) for p in pad)
+    px_x, px_y = source_px_per_cell(image.width, image.height, rows, cols)
     return {
         "src": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
         "rows": rows,
         "cols": cols,
-        "px_x": image.width / cols,
-        "px_y": image.height / rows,
+        "px_x": px_x,
+        "px_y": px_y,
         "top": top,
         "right": right,
         "bottom": bottom,

@@ -29,6 +29,8 @@ class Run:
     tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] per step, UNKNOWN = pending
     positions: list[torch.Tensor | None] = field(default_factory=list)  # [B, n] decoded at that step
     step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
+    total: int = 0  # the steps the run was to take
+    done: bool = False  # it reached the end (not stopped, not failed)
     shown: list[tuple[float, Image.Image]] | None = field(default_factory=list)  # (time, frame) as streamed
 
     @property
@@ -41,6 +43,7 @@ class Run:
         self.tokens.append(frame.tokens)
         self.positions.append(frame.positions)
         self.step_map = frame.step_map
+        self.total, self.done = frame.num_steps, frame.done
 
 
 def counter_html(step: int, total: int, note: str = "") -> str:

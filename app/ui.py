@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from app.handlers import MAX_IMAGES, Studio
-from app.inputs import SafeImage, SafeImageEditor
+from app.inputs import ClassPicker, SafeImage, SafeImageEditor
 from app.models import ASSETS, ModelCache, registry
 from app.outpaint_frame import OutpaintFrame
 from app.runs import fingerprint
@@ -147,7 +147,7 @@ def _input_image(label: str, examples: list[str], height: int, elem_id: str) -> 
 def _live_view(prefix: str):
     """Live frame, step counter and the replay section -> (live, counter, run, maps, slider, gif)."""
     live = _view("Decoding", 360, elem_id=f"{prefix}-live", buttons=["download"])
-    counter = gr.HTML(IDLE_COUNTER, js_on_load=None, elem_id=f"{prefix}-counter")
+    counter = gr.HTML(IDLE_COUNTER, js_on_load=None, label="Progress", elem_id=f"{prefix}-counter")
     run = gr.State(None)
     with gr.Accordion("Decoding order and replay", open=False):
         maps = _view("Decoding order", 220, elem_id=f"{prefix}-maps")
@@ -284,22 +284,33 @@ def _expand_tab(examples: list[str]) -> Tab:
     return Tab("expand", button, stop, [image], result, view)
 
 
+API_DESCRIPTIONS = {
+    "generate": "Class-conditional images, streamed step by step. Returns (gallery of finished images, "
+    "live frame, progress HTML).",
+    "inpaint": "Regenerate the painted part of an ImageEditor value ({background, layers, composite}). "
+    "Returns (result image, live frame, progress HTML).",
+    "outpaint": "Grow the canvas by top/right/bottom/left token cells around the image. Returns (result "
+    "image, live frame, progress HTML).",
+    "expand": "Twice the token grid in each direction around the image's own tokens. Returns (result "
+    "image, live frame, progress HTML).",
+}
+
+
 def _wire_runs(studio: Studio, tabs: list[Tab], shared: list) -> None:
-    """Each tab's button streams into its view; Stop cancels whatever is running."""
+    """Each tab's button streams into its view; its Stop cancels that tab's run, not the others'."""
     heavy = dict(concurrency_id="model", concurrency_limit=concurrency_limit(), show_progress="minimal")
-    runs = []
     for tab in tabs:
         live, counter, run, maps, slider, gif = tab.view
         inputs = [*tab.inputs, *shared] if tab.name != "generate" else [*shared[:2], *tab.inputs, *shared[2:]]
         inputs += tab.extra
+        tab.button.click(studio.lock_replay, None, slider, **LIGHT)
         event = tab.button.click(
-            getattr(studio, tab.name), inputs, [tab.result, live, counter, run], api_name=tab.name, **heavy
+            getattr(studio, tab.name), inputs, [tab.result, live, counter, run], api_name=tab.name,
+            api_description=API_DESCRIPTIONS[tab.name], **heavy,
         )
-        event.then(studio.summarize, run, [maps, slider, gif], **LIGHT)
+        event.then(studio.summarize, run, [maps, slider, gif, counter], **LIGHT)
         slider.input(studio.replay, [run, slider], [live, counter], trigger_mode="always_last", **LIGHT)
-        runs.append(event)
-    for tab in tabs:
-        tab.stop.click(None, None, None, cancels=runs)
+        tab.stop.click(None, None, None, cancels=[event])
 
 
 def _wire_outpaint(studio: Studio, demo: gr.Blocks, tab: Tab, frame: OutpaintFrame, active: gr.State) -> None:
@@ -361,7 +372,7 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 choices = studio.class_choices()
-                label = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True, info="type to search")
+                label = ClassPicker(choices, value=choices[0][1], label="Class", filterable=True, info="type to search")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="seed", scale=4, min_width=120)
                     dice = gr.Button("🎲", elem_id="dice", scale=0, min_width=48)

@@ -61,11 +61,11 @@ def _decode(source, max_pixels: int, draft: int | None = None) -> Image.Image:
     return image
 
 
-def _to_uint8(array: np.ndarray, float_levels: bool = False, wide: bool = False) -> np.ndarray:
+def _to_uint8(array: np.ndarray, float_levels: bool = False) -> np.ndarray:
     """A float or wide-integer image -> uint8. Floats are fractions in [0, 1] (clipped: a resized array
     may overshoot a little), except with `float_levels` (a PIL "F" image: converting "L" to "F" keeps
-    0-255 levels) when they go above 1. Integers are 16-bit levels when `wide` (the file says so: a
-    dark 16-bit image has no value above 255) or when they go above 255, else 8-bit levels."""
+    0-255 levels) when they go above 1. Integers up to 255 are 8-bit levels (Pillow's own "L" -> "I;16"
+    keeps them so), larger ones 16-bit: a 16-bit image with no value above 255 is black either way."""
     if array.dtype == np.uint8:
         return array
     is_float = np.issubdtype(array.dtype, np.floating)
@@ -74,15 +74,13 @@ def _to_uint8(array: np.ndarray, float_levels: bool = False, wide: bool = False)
     if is_float and (not float_levels or peak <= 1.0):
         scaled = array * 255
     else:
-        scaled = array * 255 / 65535 if wide or peak > 255 else array
+        scaled = array * 255 / 65535 if peak > 255 else array
     return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # "I;16*" is 16-bit by definition; "I" (32-bit) is what Pillow makes of 16-bit PNGs as well
-        wide = image.mode.startswith("I;16") or image.info.get("bits", 0) == 16
-        image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True, wide=wide))
+        image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

@@ -7,6 +7,7 @@ frame (a VQ decode plus overlays) is left to the caller so it can skip frames wh
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -55,6 +56,21 @@ def cell_grid(width: int, height: int, grid: int) -> tuple[int, int]:
     if width >= height:
         return max(1, round(grid * height / width)), grid
     return grid, max(1, round(grid * width / height))
+
+
+def source_px_per_cell(width: int, height: int, rows: int, cols: int) -> tuple[float, float]:
+    """Outpainting keeps the source's own resolution: source pixels per token cell, across and down,
+    raised (aspect kept) to at least one pixel per cell, so an image smaller than its token grid still
+    visibly grows instead of coming back as it was."""
+    px_x, px_y = width / cols, height / rows
+    lift = max(1.0, 1 / px_x, 1 / px_y)
+    return px_x * lift, px_y * lift
+
+
+def half_up(x: float) -> int:
+    """Round halves up, as the browser's Math.round does, so the size the outpaint frame shows is the
+    size made (Python's round sends halves to even: 112.5 -> 112 where the frame said 113)."""
+    return math.floor(x + 0.5)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -256,15 +272,16 @@ class Pipeline:
         self._check_grid(rows, cols)  # before any work or memory
         canvas = outpaint_canvas(self.encode(image, grid), (top, right, bottom, left))
         c = self.cell
-        fx, fy = image.width / (grid[1] * c), image.height / (grid[0] * c)  # source pixels per cell pixel
-        size = (round(cols * c * fx), round(rows * c * fy))
+        px_x, px_y = source_px_per_cell(image.width, image.height, *grid)  # as the app's outpaint frame
+        size = (half_up(cols * px_x), half_up(rows * px_y))
+        fx, fy = px_x / c, px_y / c  # output pixels per decoded pixel
         if size[0] * size[1] > MAX_PIXELS:
             shrink = (MAX_PIXELS / (size[0] * size[1])) ** 0.5
             size = (max(1, int(size[0] * shrink)), max(1, int(size[1] * shrink)))
             fx, fy = size[0] / (cols * c), size[1] / (rows * c)
         # The original's edges, rounded as cumulative positions: with no padding on a side it meets that edge.
-        at = (round(left * c * fx), round(top * c * fy))
-        end = (round((left + grid[1]) * c * fx), round((top + grid[0]) * c * fy))
+        at = (half_up(left * c * fx), half_up(top * c * fy))
+        end = (half_up((left + grid[1]) * c * fx), half_up((top + grid[0]) * c * fy))
         box = (end[0] - at[0], end[1] - at[1])
         kept = image if box == image.size else image.resize(box, Image.LANCZOS)
 

@@ -139,6 +139,17 @@ def test_bad_input_gives_a_clear_error(client, tmp_path, case, message):
         call(client, *args, steps=2, api_name=api)
 
 
+def test_the_class_is_an_integer_to_api_clients(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
+    label = next(p for p in info["parameters"] if p["parameter_name"] == "label")
+    assert label["type"]["type"] == "integer" and 8 in label["type"]["enum"]
+    as_text = call(client, label="3", seed=2, steps=4, api_name="/generate")[0]
+    as_int = call(client, label=3, seed=2, steps=4, api_name="/generate")[0]
+    assert np.array_equal(np.asarray(Image.open(as_text[0]["image"])), np.asarray(Image.open(as_int[0]["image"])))
+    with pytest.raises(AppError, match=r"Class 99 is not one of this model's classes \(0–8"):
+        call(client, label=99, steps=2, api_name="/generate")
+
+
 def test_mask_covering_everything_regenerates_the_whole_image(client):
     result = call(client, editor_value(FOX, np.ones((64, 64), dtype=bool)), steps=4, api_name="/inpaint")[0]
     assert Image.open(result).size == (64, 64)

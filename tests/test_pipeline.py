@@ -219,3 +219,15 @@ def test_small_marks_big_images_and_thin_strips(pipe):
 def test_out_of_range_seed_is_a_typed_error(pipe):
     with pytest.raises(arpg_core.SamplingError, match="seed"):
         next(iter(pipe.generate([0], seed=2**64, options=FAST)))
+
+
+def test_outpaint_sizes_match_the_frame_and_tiny_images_grow(pipe):
+    from arpg_core.pipeline import source_px_per_cell
+
+    out = run_to_end(pipe.outpaint(picture(1, 1), (1, 0, 0, 0), 0, options=FAST))[0]
+    assert out.size == (16, 17)  # one pixel per cell at least; it came back as the 1x1 input before
+    rows, cols = cell_grid(100, 75, 16)  # 12 x 16 cells of 6.25 px: 18 cells make 112.5 px
+    px_x, px_y = source_px_per_cell(100, 75, rows, cols)
+    out = run_to_end(pipe.outpaint(picture(100, 75), (0, 2, 0, 0), 0, options=FAST))[0]
+    assert out.size == (113, 75)  # halves up, as the frame's Math.round (round() gave 112)
+    assert (px_x, px_y) == (6.25, 6.25)
