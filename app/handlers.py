@@ -180,7 +180,7 @@ class Studio:
                     last = time.monotonic()
                     # Sampling gets at least twice the time rendering takes (a big canvas, a slow VQ).
                     gap = max(FRAME_INTERVAL, 2 * (last - started))
-                    run.shown.append((last, image))
+                    run.keep_shown(last, image)
                     counter = counter_html(frame.step, frame.num_steps, "done" if frame.done else "")
                     yield image, counter, run, frame.images
         finally:

@@ -18,6 +18,7 @@ from arpg_core.pipeline import Frame, Pipeline
 
 DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
 KEEP_GIFS = 16
+MAX_SHOWN = 240  # frames kept for the GIF: a long run on a big canvas would otherwise hold hundreds of MB
 
 
 @dataclass
@@ -36,6 +37,15 @@ class Run:
     @property
     def num_steps(self) -> int:
         return len(self.tokens) - 1
+
+    def keep_shown(self, when: float, image: Image.Image) -> None:
+        """Keep a streamed frame for the GIF. Past MAX_SHOWN every other one is dropped (the first and the
+        latest stay); the GIF still plays in real time, each frame lasting until the next one kept."""
+        if self.shown is None:
+            return
+        self.shown.append((when, image))
+        if len(self.shown) > MAX_SHOWN:
+            self.shown = self.shown[:-1:2] + self.shown[-1:]
 
     def add(self, frame: Frame) -> None:
         if len(self.tokens) > frame.step:  # the same step again (results delivered after an early end)

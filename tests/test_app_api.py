@@ -261,3 +261,18 @@ def test_sampling_controls_reach_the_sampler(client):
     assert not np.array_equal(greedy, image(cfg_scale=1.0))
     assert not np.array_equal(greedy, image(order="spiral"))
     assert np.array_equal(greedy, image(temperature=1.0, top_k=1))
+
+
+def test_a_long_run_keeps_a_bounded_number_of_frames(tmp_path):
+    from app.runs import MAX_SHOWN, Run, write_gif
+
+    run = Run("m", 1)
+    frames = [Image.new("RGB", (8, 8), (i % 256, 0, 0)) for i in range(1000)]
+    for i, frame in enumerate(frames):
+        run.keep_shown(i * 0.1, frame)
+    assert len(run.shown) <= MAX_SHOWN
+    times = [t for t, _ in run.shown]
+    assert times[0] == 0 and times[-1] == pytest.approx(99.9) and times == sorted(times)
+    assert run.shown[-1][1] is frames[-1]
+    gif = Image.open(write_gif(run, tmp_path))
+    assert gif.n_frames == len(times) and run.shown is None
