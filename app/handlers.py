@@ -115,7 +115,7 @@ class Studio:
     def pipeline(self, model: str | None) -> Pipeline:
         if not self.cache.is_loaded(model or self.default_model):
             # another session's switch evicted it (one published model is kept at a time): say why it waits
-            gr.Info(f"Loading {model}…")
+            gr.Info(f"Loading {model or self.default_model}…")
         return self.cache.get(model)
 
     def class_choices(self, model: str | None = None) -> list[tuple[str, int]]:
@@ -138,7 +138,7 @@ class Studio:
         try:
             if not self.cache.is_loaded(model):
                 progress(0, desc=f"Loading {model}…")
-            self.pipeline(model)
+            self.cache.get(model)
         except HubUnavailableError as exc:
             log.warning("cannot load %s: %s", model, exc)
             gr.Warning(f"{model} could not be fetched from the hub ({exc}). Staying on {current}.")
@@ -183,6 +183,10 @@ class Studio:
                     run.keep_shown(last, image)
                     counter = counter_html(frame.step, frame.num_steps, "done" if frame.done else "")
                     yield image, counter, run, frame.images
+        except Exception:
+            if run is not None:
+                run.failed = True  # the error itself reaches the user through user_errors
+            raise
         finally:
             frames.close()  # a stopped run frees its KV cache now, not at garbage collection
             if pipeline.device.type == "cuda":
@@ -330,12 +334,15 @@ class Studio:
     def summarize(self, run: Run | None):
         """-> (order maps, step slider, GIF file, counter) once a run has finished or stopped."""
         if run is None or run.step_map is None or run.shown is None:  # nothing yet, or summarized already
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            # the new run failed or was stopped before its first frame: the old run's slider works again
+            usable = run is not None and run.num_steps > 0
+            return gr.skip(), gr.update(interactive=usable), gr.skip(), gr.skip()
         pipeline = self.cache.renderer(run.model)
         maps = side_by_side([pipeline.order_map(m, run.scale) for m in run.step_map])
         slider = gr.update(maximum=max(run.num_steps, 1), value=run.num_steps, interactive=run.num_steps > 0)
         # a stopped run says so, rather than a part-filled bar that looks hung
-        counter = gr.skip() if run.done else counter_html(run.num_steps, run.total, "stopped")
+        counter = gr.skip() if run.done else counter_html(run.num_steps, run.total,
+                                                          "failed" if run.failed else "stopped")
         return maps, slider, write_gif(run, self.gif_dir), counter
 
     @staticmethod

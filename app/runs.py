@@ -18,7 +18,8 @@ from arpg_core.pipeline import Frame, Pipeline
 
 DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
 KEEP_GIFS = 16
-MAX_SHOWN = 240  # frames kept for the GIF: a long run on a big canvas would otherwise hold hundreds of MB
+MAX_SHOWN = 240  # frames kept for the GIF, and at most MAX_SHOWN_PIXELS of them (about 120 MB as RGB):
+MAX_SHOWN_PIXELS = 40_000_000  # a long run on a big canvas would otherwise hold hundreds of MB a session
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Run:
     step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
     total: int = 0  # the steps the run was to take
     done: bool = False  # it reached the end (not stopped, not failed)
+    failed: bool = False  # an error ended it
     shown: list[tuple[float, Image.Image]] | None = field(default_factory=list)  # (time, frame) as streamed
 
     @property
@@ -44,7 +46,7 @@ class Run:
         if self.shown is None:
             return
         self.shown.append((when, image))
-        if len(self.shown) > MAX_SHOWN:
+        if len(self.shown) > max(2, min(MAX_SHOWN, MAX_SHOWN_PIXELS // (image.width * image.height))):
             self.shown = self.shown[:-1:2] + self.shown[-1:]
 
     def add(self, frame: Frame) -> None:

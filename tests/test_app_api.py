@@ -276,3 +276,32 @@ def test_a_long_run_keeps_a_bounded_number_of_frames(tmp_path):
     assert run.shown[-1][1] is frames[-1]
     gif = Image.open(write_gif(run, tmp_path))
     assert gif.n_frames == len(times) and run.shown is None
+
+
+def test_summaries_of_stopped_failed_and_refused_runs():
+    """A run stopped midway says "stopped", one ended by an error says "failed", and a run refused
+    before its first frame gives the previous run's replay slider back (it was locked at the click)."""
+    import gradio as gr
+
+    from app.handlers import Studio
+    from app.models import ModelCache, registry
+
+    studio = Studio(ModelCache(registry({})))
+    frames = studio.generate(label=1, steps=16)
+    *_, run = next(frames)
+    next(frames)
+    frames.close()  # what Stop does
+    *_, counter = studio.summarize(run)
+    assert "stopped" in counter and f"Step <b>{run.num_steps}</b> / 16" in counter and run.num_steps < 16
+    assert studio.summarize(run)[1]["interactive"] is True  # summarized already, but replayable
+    assert studio.summarize(None)[1]["interactive"] is False
+
+    def broken(*_, **__):
+        raise RuntimeError("decoder exploded")
+
+    frames = studio.generate(label=1, steps=16)
+    *_, run = next(frames)
+    studio.cache.get(None).render = broken
+    with pytest.raises(gr.Error, match="something went wrong"):
+        list(frames)
+    assert "failed" in studio.summarize(run)[3]

@@ -251,3 +251,9 @@ def test_vq_trainer_refuses_bad_numbers_and_a_finished_run(tmp_path):
     main(base + "--steps 1 --no-flip".split())
     with pytest.raises(SystemExit, match="nothing to train"):
         main(base + ["--steps", "1"])
+
+
+def test_a_data_set_root_is_not_a_class_folder(tmp_path):
+    _make_folder(tmp_path)  # tmp_path/train and tmp_path/val, each with class folders
+    with pytest.raises(DataError, match=r"holds the splits train, val, not classes: pass .*train"):
+        ImageFolderDataset(tmp_path, 16)

@@ -19,9 +19,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 TRAIN_MAX_PIXELS = 8192 * 8192  # photos are fine to train on (the app's upload limit is 4096^2)
 
 
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing", "eval", "dev"}
+
+
 def _hidden(path: Path) -> bool:
-    """Dot files and macOS copy debris (`._x.png` resource forks, `__MACOSX/`): never images."""
-    return path.name.startswith(".") or path.name == "__MACOSX"
+    """Dot files, macOS copy debris (`._x.png` resource forks, `__MACOSX/`) and NAS thumbnail folders
+    (Synology's `@eaDir`): never data."""
+    return path.name.startswith(".") or path.name in ("__MACOSX", "@eaDir")
 
 
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
@@ -55,6 +59,11 @@ class ImageFolderDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist")
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
+        splits = [d.name for d in dirs if d.name.lower() in SPLIT_NAMES]
+        if len(splits) >= 2:  # a data set's root: its splits would silently become the classes
+            train = next((n for n in splits if n.lower().startswith("train")), splits[0])
+            raise DataError(f"{self.root} holds the splits {', '.join(splits)}, not classes: pass "
+                            f"{self.root / train} (a 'val' folder beside it is used as the held-out set)")
         listed = [(d.name, _images_in(d, recursive=True)) for d in dirs]  # each folder listed once
         groups = [(name, files) for name, files in listed if files]
         self.empty_classes = [name for name, files in listed if not files] if groups else []
@@ -123,8 +132,8 @@ class ImageFolderDataset(Dataset):
             try:
                 images.append(load_image(path, self.size))
                 kept.append((path, label))
-            except (OSError, ImageInputError) as exc:
-                self.skipped.append(f"{path.relative_to(self.root)}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any unreadable file (bad EXIF too) is skipped, and named
+                self.skipped.append(f"{path.relative_to(self.root)}: {exc or type(exc).__name__}")
         if self.skipped:
             more = len(self.skipped) - 5
             shown = "; ".join(self.skipped[:5]) + (f"; and {more} more" if more > 0 else "")

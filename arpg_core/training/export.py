@@ -46,7 +46,8 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -
         tmp = Path(scratch)
         files = {
             "vq_emoji.safetensors": save_checkpoint(tokenizer, tmp / "vq_emoji.safetensors"),
-            "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=torch.bfloat16),
+            "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=torch.bfloat16,
+                                                      extra_metadata={"tokenizer_codes": tokenizer.codes_digest()}),
         }
         sizes = {name: path.stat().st_size for name, path in files.items()}
         too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}

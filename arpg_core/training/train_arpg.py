@@ -233,10 +233,13 @@ def train(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(tok_path)
     digest = file_digest(tok_path)
     state = saved_state(args)
-    check_resume(state, args.out / common.CHECKPOINT_NAME, digest)  # before spending time on encoding
+    # refusals before the time spent encoding the folder
+    check_resume(state, args.out / common.CHECKPOINT_NAME, digest)
+    if state:
+        common.check_steps_left(int(state["step"]), args.steps, args.out / common.CHECKPOINT_NAME)
+    val_dir = common.held_out_folder(args.data, args.val_data)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
-    val_dir = common.held_out_folder(args.data, args.val_data)
     val = None
     if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
@@ -245,7 +248,6 @@ def train(args: argparse.Namespace) -> int:
     run_id = {"tokenizer_digest": digest, "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
                                         tokenizer.config.grid_size)
-    common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
