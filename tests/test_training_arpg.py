@@ -147,6 +147,8 @@ def test_no_flip_a_broken_cache_and_the_exported_weights(tmp_path):
         tuned.post_quant_conv.weight.mul_(1.1)
     tuned_path = arpg_core.save_checkpoint(tuned, tmp_path / "tuned.safetensors")
     assert export(str(tuned_path), str(out / "arpg.safetensors"), tmp_path / "assets", per_class=1)
+    shipped = arpg_core.loading.read_metadata(tmp_path / "assets" / "arpg_emoji.safetensors")
+    assert shipped["tokenizer_codes"] == tokenizer.codes_digest()  # the record travels into assets/
 
 
 def test_readable_class_names_follow_the_folders(tmp_path, capsys):
