@@ -388,8 +388,7 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
             studio.switch_model,
             [model, active],
             [model, active, label, sampling[1], status],
-            concurrency_id="load",
-            concurrency_limit=1,
+            concurrency_limit=None,  # ModelCache locks per model: one download holds up no other switch
             api_visibility="private",
         )
         _wire_runs(studio, [generate, inpaint, outpaint, expand], [label, seed, *sampling, active])
