@@ -257,3 +257,14 @@ def test_a_data_set_root_is_not_a_class_folder(tmp_path):
     _make_folder(tmp_path)  # tmp_path/train and tmp_path/val, each with class folders
     with pytest.raises(DataError, match=r"holds the splits train, val, not classes: pass .*train"):
         ImageFolderDataset(tmp_path, 16)
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    train = _make_folder(tmp_path)
+    shared = tmp_path / "more_red"
+    shared.mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(shared / "linked.png")
+    (train / "0_red" / "more").symlink_to(shared, target_is_directory=True)
+    (shared / "loop").symlink_to(train / "0_red", target_is_directory=True)  # a link back up
+    ds = ImageFolderDataset(train, 16)
+    assert ds.class_counts() == [5, 4]

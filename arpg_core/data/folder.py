@@ -5,6 +5,7 @@ folder)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,28 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name in ("__MACOSX", "@eaDir")
 
 
+def _files_under(folder: Path) -> Iterator[Path]:
+    """Every file below `folder`, through symlinked folders too (rglob skips those), each real folder
+    once (a link back up would loop), hidden entries left out."""
+    seen, stack = set(), [folder]
+    while stack:
+        here = stack.pop()
+        real = here.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        for entry in here.iterdir():
+            if _hidden(entry):
+                continue
+            if entry.is_dir():
+                stack.append(entry)
+            elif entry.is_file():
+                yield entry
+
+
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(_hidden(Path(part)) for part in p.relative_to(folder).parts))
+    found = _files_under(folder) if recursive else (p for p in folder.iterdir() if p.is_file() and not _hidden(p))
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
