@@ -4,6 +4,7 @@ determinism across concurrent clients, and clear errors for bad input."""
 from __future__ import annotations
 
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -92,6 +93,9 @@ def test_generate_streams_frames(client):
     job.result(timeout=TIMEOUT)
     frames = {out[1] for out in job.outputs() if out[1]}
     assert len(frames) > 1, f"only {len(frames)} distinct frames streamed"
+    # beyond the blank first frame and the last: a step from the middle of the run reached the client
+    middle = [out[2] for out in job.outputs() if re.search(r"Step <b>([1-9]|1[0-5])</b> / 16", out[2] or "")]
+    assert middle, "no frame between the first and the last step was streamed"
 
 
 def test_same_seed_same_image_with_concurrent_clients(client, app_url):
@@ -153,10 +157,12 @@ def test_the_class_is_an_integer_to_api_clients(client):
 def test_mask_covering_everything_regenerates_the_whole_image(client):
     result = call(client, editor_value(FOX, np.ones((64, 64), dtype=bool)), steps=4, api_name="/inpaint")[0]
     assert Image.open(result).size == (64, 64)
+    assert (load(result) == load(FOX)).all(-1).mean() < 0.5, "the fox came back instead of a new image"
 
 
-def _odd_image(kind: str, path) -> tuple[object, tuple[int, int]]:
-    """-> (upload, expected outpaint size with one cell added on the right)."""
+def _odd_image(kind: str, path) -> tuple[object, tuple[int, int], np.ndarray, float]:
+    """-> (upload, expected outpaint size with one cell added on the right, the picture as it should
+    be kept on the left of the result, the mean error allowed: JPEGs are lossy)."""
     rgb = Image.open(FOX).convert("RGB")
     if kind == "exif-rotated":  # stored 64 x 48 landscape, EXIF says: rotate to 48 x 64 portrait
         image = rgb.resize((64, 48))
@@ -164,25 +170,29 @@ def _odd_image(kind: str, path) -> tuple[object, tuple[int, int]]:
         exif[0x0112] = 6
         image.save(path.with_suffix(".jpg"), exif=exif)
         # portrait 48 x 64 -> 16 x 12 tokens; one more column of 4 px
-        return handle_file(str(path.with_suffix(".jpg"))), (52, 64)
+        upright = np.asarray(image.transpose(Image.Transpose.ROTATE_270))
+        return handle_file(str(path.with_suffix(".jpg"))), (52, 64), upright, 8.0
     if kind == "cmyk":
         rgb.convert("CMYK").save(path.with_suffix(".jpg"))
-        return handle_file(str(path.with_suffix(".jpg"))), (68, 64)
-    converted = {
-        "grayscale": lambda: rgb.convert("L"),
-        "palette": lambda: rgb.convert("P", palette=Image.ADAPTIVE),
-        "rgba": lambda: Image.open(FOX).convert("RGBA"),
-        "16-bit": lambda: Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257),
-    }[kind]()
+        return handle_file(str(path.with_suffix(".jpg"))), (68, 64), np.asarray(rgb), 8.0
+    grey = rgb.convert("L")
+    converted, shown = {
+        "grayscale": (grey, grey),
+        "palette": (rgb.convert("P", palette=Image.ADAPTIVE),) * 2,
+        "rgba": (Image.open(FOX).convert("RGBA"), rgb),
+        "16-bit": (Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257), grey),  # white if read as 8-bit
+    }[kind]
     converted.save(path.with_suffix(".png"))
-    return handle_file(str(path.with_suffix(".png"))), (68, 64)
+    return handle_file(str(path.with_suffix(".png"))), (68, 64), np.asarray(shown.convert("RGB")), 1.0
 
 
 @pytest.mark.parametrize("kind", ["grayscale", "palette", "cmyk", "16-bit", "rgba", "exif-rotated"])
 def test_odd_image_modes_give_a_sensible_result(client, tmp_path, kind):
-    upload, size = _odd_image(kind, tmp_path / kind)
+    upload, size, kept, tolerance = _odd_image(kind, tmp_path / kind)
     result = Image.open(call(client, upload, 0, 1, 0, 0, steps=2, api_name="/outpaint")[0])
     assert result.size == size
+    left = np.asarray(result.convert("RGB"))[:, : kept.shape[1]].astype(int)
+    assert np.abs(left - kept).mean() <= tolerance, f"{kind}: the upload was read wrongly"
 
 
 def test_upload_size_is_limited(client, tmp_path):

@@ -78,15 +78,19 @@ def test_missing_corrupt_and_wrong_kind(tmp_path):
 
 
 class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_malicious_pickle_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit(marker)}, path)
     with pytest.raises(UnsafeCheckpointError):
         arpg_core.load_model(path)
+    assert not marker.exists(), "the payload ran before the refusal"
 
 
 def test_tokenizer_published_format_round_trip(tmp_path):

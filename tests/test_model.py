@@ -75,12 +75,22 @@ def test_rope_layout_and_zero_class_slot():
 
 
 def test_class_token_key_is_zero():
+    """In the model's own forward pass the class token sits at the all-zero rotary slot, so its key
+    is zero (as in the published weights' layout) while the image tokens' keys are not."""
     model = tiny()
-    tokens, labels, order = batch(model, b=1)
-    table = model.rope_table()
-    x = model.layers.norm(model.embeddings(model.class_tokens(labels))[:, None])
-    k = apply_rope(model.layers.to_k(x).view(1, 1, model.config.n_head, -1), table[None, :1])
-    assert torch.count_nonzero(k) == 0
+    tokens, labels, order = batch(model, b=2)
+    keys = []
+    real = model.content_pass
+
+    def spy(*args, **kwargs):
+        k, v = real(*args, **kwargs)
+        keys.append(k)
+        return k, v
+
+    model.content_pass = spy
+    model(tokens, labels, order)
+    k = keys[0]  # [B, H, N, D]
+    assert torch.count_nonzero(k[:, :, 0]) == 0 and (k[:, :, 1:].abs().sum(-1) > 0).all()
 
 
 def test_causal_in_order_train_and_eval():

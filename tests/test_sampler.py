@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from arpg_core.errors import SamplingError
+from arpg_core.errors import ConfigError, SamplingError
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.plan import position_rank, tokens_per_step
 from arpg_core.sampling.sampler import UNKNOWN, generate, sample_steps
@@ -127,8 +127,8 @@ def test_bad_options_are_typed_errors(model):
                    dict(top_p=1.5), dict(schedule=[1, 2, 3])):
         with pytest.raises(SamplingError):
             generate(model, [0], generator=seeds(0), **kwargs)
-    with pytest.raises(ValueError):
-        generate(model, [7], generator=seeds(0))
+    with pytest.raises(ConfigError, match="class labels must be in"):
+        generate(model, [7], steps=4, generator=seeds(0))
     full = torch.ones(6, 6, dtype=torch.bool)
     with pytest.raises(SamplingError):
         generate(model, [0], known_tokens=torch.zeros(6, 6), known_mask=full)

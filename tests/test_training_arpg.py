@@ -169,3 +169,27 @@ def test_readable_class_names_follow_the_folders(tmp_path, capsys):
 def test_ema_warms_up():
     ema = common.EMA(torch.nn.Linear(2, 2), decay=0.999)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999
+
+
+def test_resume_restores_weights_and_optimizer():
+    """What both trainers resume through: the weights, the EMA and the optimizer's moments come back,
+    not only the step count."""
+    torch.manual_seed(0)
+    model = arpg_core.build_model(TINY)
+    ema, opt = common.EMA(model, 0.9), common.make_optimizer(model, 1e-3)
+    tokens, labels = torch.randint(0, 64, (2, 256)), torch.tensor([0, 1])
+    from arpg_core.training.objective import arpg_loss
+
+    arpg_loss(model, tokens, labels, class_dropout=0.0).backward()
+    opt.step()
+    ema.update(model, 0)
+    state = common.training_state(model, ema, opt, 1, model.config.to_dict())
+    torch.manual_seed(1)
+    fresh = arpg_core.build_model(TINY)
+    fresh_ema, fresh_opt = common.EMA(fresh, 0.9), common.make_optimizer(fresh, 1e-3)
+    assert common.restore_training_state(state, fresh, fresh_ema, fresh_opt) == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+        assert torch.equal(fresh_ema.shadow[k], ema.shadow[k]), k
+    moments = [s["exp_avg"] for s in fresh_opt.state_dict()["state"].values()]
+    assert moments and any(m.abs().sum() > 0 for m in moments)

@@ -111,6 +111,9 @@ def test_reconstruction_loss_terms():
     assert set(terms) == {"mse"} and terms["mse"].item() == pytest.approx(1.0)
     terms = reconstruction_loss(recon, target, edge_weight=0.5, l1_weight=2.0)
     assert terms["l1"].item() == pytest.approx(2.0) and terms["edge"].item() == 0.0
+    step = torch.ones(1, 3, 4, 4)
+    step[..., :2] = -1  # one vertical edge of height 2 across 3 column gaps: |dx| averages 2/3, dy is 0
+    assert reconstruction_loss(recon, step, edge_weight=0.5)["edge"].item() == pytest.approx(0.5 * 2 / 3)
 
 
 def test_psnr_loss_weighs_images_by_their_relative_error():

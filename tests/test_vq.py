@@ -118,6 +118,9 @@ def test_straight_through_gradients(tiny):
     model = VQModel(tiny.config)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     recon, loss = model(images)
-    (recon.abs().mean() + loss.total).backward()
-    assert model.encoder.conv_in.weight.grad is not None
-    assert model.quantize.embedding.weight.grad is not None
+    recon.abs().mean().backward()  # the reconstruction alone reaches the encoder only straight through
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    recon, loss = model(images)
+    loss.total.backward()  # the codebook learns from its own loss
+    assert model.quantize.embedding.weight.grad.abs().sum() > 0
