@@ -262,13 +262,18 @@ def test_expand(page):
     page.screenshot(path=str(ARTIFACTS / "tab-expand.png"), full_page=True)
 
 
-def test_stop_cancels_a_run(page):
+def start_a_long_run(page, frames: int) -> None:
+    """Generate 4 images at 128 steps (several seconds here) and wait for `frames` streamed frames."""
     set_number(page, "#steps", 128)
     page.locator("#num-images input[type=number]").fill("4")
     page.locator("#num-images input[type=number]").press("Enter")
     page.evaluate(WATCH, "gen")
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function("() => window.__frames.length >= 3")
+    page.wait_for_function(f"() => window.__frames.length >= {frames}")
+
+
+def test_stop_cancels_a_run(page):
+    start_a_long_run(page, 3)
     page.get_by_role("button", name="Stop").first.click()
     # the counter says the run stopped, rather than a part-filled bar that looks hung
     page.wait_for_function("() => document.querySelector('#gen-counter').innerText.includes('stopped')")
@@ -290,12 +295,7 @@ def test_stop_cancels_a_run(page):
 
 
 def test_another_tabs_stop_leaves_a_run_alone(page):
-    set_number(page, "#steps", 128)
-    page.locator("#num-images input[type=number]").fill("4")
-    page.locator("#num-images input[type=number]").press("Enter")
-    page.evaluate(WATCH, "gen")
-    page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function("() => window.__frames.length >= 2")
+    start_a_long_run(page, 2)
     page.get_by_role("tab", name="Expand").click()
     page.locator("#exp-live").wait_for()
     page.get_by_role("button", name="Stop").locator("visible=true").click()  # Expand's Stop: nothing runs there
