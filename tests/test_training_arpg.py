@@ -193,3 +193,23 @@ def test_resume_restores_weights_and_optimizer():
         assert torch.equal(fresh_ema.shadow[k], ema.shadow[k]), k
     moments = [s["exp_avg"] for s in fresh_opt.state_dict()["state"].values()]
     assert moments and any(m.abs().sum() > 0 for m in moments)
+
+
+def test_eval_arpg_reports_loss_per_class_beside_a_unigram(tmp_path, capsys):
+    import math
+
+    from arpg_core.training import eval_arpg
+
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 1 --threads 1".split())
+    data = tmp_path / "train"
+    result = eval_arpg.main(f"--model {out / 'arpg.safetensors'} --tokenizer {vq_path} --data {tmp_path / 'val'} "
+                            f"--train {data} --orders 2".split())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    # one step from a zero-initialised head: close to uniform over the 64 codes
+    assert abs(result["loss_nats"] - math.log(64)) < 0.1 and 0 < result["unigram_nats"] < math.log(64) + 0.1
+    assert list(result["loss_nats_per_class"]) == ["0_red", "1_blue"] and result["images"] == 2
+    (data / "2_green").mkdir()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(data / "2_green" / "0.png")
+    with pytest.raises(SystemExit, match="has 3 classes; the model was trained on 2"):
+        eval_arpg.main(f"--model {out / 'arpg.safetensors'} --tokenizer {vq_path} --data {data}".split())
