@@ -24,25 +24,23 @@ from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
 from arpg_core.tokenizer.vq import VQModel
 from arpg_core.training.objective import heldout_loss, unigram_loss
+from arpg_core.training.train_arpg import tokenize_folder
 
 
-@torch.no_grad()
-def folder_codes(tokenizer: VQModel, folder: Path, classes: list[str] | None = None, batch: int = 64):
-    """-> (codes [M, N], labels [M], class folder names)."""
+def folder_codes(tokenizer: VQModel, folder: Path, classes: list[str] | None = None):
+    """-> (codes [M, N], labels [M], class folder names), encoded as train_arpg encodes (no mirrors)."""
     data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
-    images, labels = data.load_all()
-    codes = torch.cat([tokenizer.encode(chunk).flatten(1) for chunk in images.split(batch)])
-    return codes, labels, data.class_names
+    return *tokenize_folder(tokenizer, data, flips=False), data.class_names
 
 
 @torch.no_grad()
 def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = None, orders: int = 3) -> dict:
     """Held-out loss averaged over `orders` fixed random orders (seeds 0..orders-1), per class too."""
-    classes = ImageFolderDataset(train, tokenizer.config.image_size).class_names if train else None
+    reference, _, classes = folder_codes(tokenizer, train) if train else (None, None, None)
     codes, labels, names = folder_codes(tokenizer, data, classes)
     if len(names) != model.config.num_classes:
         raise ConfigError(f"{data} has {len(names)} classes; the model was trained on {model.config.num_classes}")
-    reference = folder_codes(tokenizer, train, classes)[0] if train else codes
+    reference = codes if reference is None else reference
     readable = list(getattr(model, "class_names", None) or names)
 
     def loss(idx: torch.Tensor) -> float:

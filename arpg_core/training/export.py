@@ -33,10 +33,10 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -
     if not model.class_names:
         raise CheckpointError(f"{arpg_source} carries no class names; export it from train_arpg")
     Pipeline(model, tokenizer)  # vocab vs codebook, class names: the app would refuse the pair at start-up
-    trained_on = read_metadata(resolve_source(arpg_source)).get("tokenizer_codes")
-    if trained_on is not None and trained_on != tokenizer.codes_digest():
+    trained_on, digest = read_metadata(resolve_source(arpg_source)).get("tokenizer_codes"), tokenizer.codes_digest()
+    if trained_on is not None and trained_on != digest:
         raise CheckpointError(f"{arpg_source} learned the codes of another tokenizer (codes digest {trained_on}, "
-                              f"{vq_source} has {tokenizer.codes_digest()}): the pair would draw noise. Export it "
+                              f"{vq_source} has {digest}): the pair would draw noise. Export it "
                               "with the tokenizer its train_arpg run used (or a --decoder-only fine-tune of it)")
     if model.config.grid_size != tokenizer.config.grid_size:
         raise CheckpointError(f"the model's grid is {model.config.grid_size} but the tokenizer makes "
@@ -47,7 +47,7 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -
         files = {
             "vq_emoji.safetensors": save_checkpoint(tokenizer, tmp / "vq_emoji.safetensors"),
             "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=torch.bfloat16,
-                                                      extra_metadata={"tokenizer_codes": tokenizer.codes_digest()}),
+                                                      extra_metadata={"tokenizer_codes": digest}),
         }
         sizes = {name: path.stat().st_size for name, path in files.items()}
         too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
