@@ -88,6 +88,38 @@ def test_cache_follows_the_data_and_resume_checks_the_tokenizer(tmp_path):
         main(args + "--steps 3 --threads 1".split())
 
 
+def test_init_starts_a_new_run_from_exported_weights(tmp_path, capsys):
+    """--init continues from a shipped model instead of a random start, and refuses weights whose
+    tokens or classes would mean something else."""
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 2 --threads 1".split())
+    init = arpg_core.load_model(out / "arpg.safetensors")
+    base = [a for a in args if a not in ("--out", str(out))]  # same data and tokenizer, another --out each time
+    cont = tmp_path / "cont"
+    main(base + f"--out {cont} --init {out / 'arpg.safetensors'} --steps 1 --lr 1e-9 --warmup 1 --threads 1".split())
+    started = common.load_checkpoint(cont / common.CHECKPOINT_NAME)["model"]
+    for k, v in init.state_dict().items():
+        assert torch.allclose(started[k], v.float(), atol=1e-6), k
+    fresh = tmp_path / "fresh"
+    main(base + f"--out {fresh} --steps 1 --lr 1e-9 --warmup 1 --threads 1".split())
+    random_start = common.load_checkpoint(fresh / common.CHECKPOINT_NAME)["model"]
+    assert not all(torch.allclose(random_start[k], v) for k, v in started.items() if v.is_floating_point())
+    capsys.readouterr()
+    main(base + f"--out {cont} --init {out / 'arpg.safetensors'} --steps 2 --threads 1".split())  # resume
+    assert f"--init {out / 'arpg.safetensors'} is not applied" in capsys.readouterr().out
+    assert common.load_checkpoint(cont / common.CHECKPOINT_NAME)["step"] == 2
+
+    torch.manual_seed(7)
+    other = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "other.safetensors")
+    swapped = [str(other) if a == str(vq_path) else a for a in base]
+    with pytest.raises(SystemExit, match="codes of another tokenizer"):
+        main(swapped + f"--out {tmp_path / 'x'} --init {out / 'arpg.safetensors'} --steps 1 --threads 1".split())
+    (tmp_path / "train" / "2_green").mkdir()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "train" / "2_green" / "0.png")
+    with pytest.raises(SystemExit, match="has 2 classes, the data 3"):
+        main(base + f"--out {tmp_path / 'y'} --init {out / 'arpg.safetensors'} --steps 1 --threads 1".split())
+
+
 def test_a_refused_export_leaves_the_assets_alone(tmp_path):
     vq_path, out, args = _tiny_run(tmp_path)
     assets = tmp_path / "assets"

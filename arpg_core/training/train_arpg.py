@@ -4,7 +4,9 @@
         --config ARPG-emoji --out runs/arpg-emoji --steps 20000
 
 Images are encoded once (with horizontally flipped copies unless --no-flip) and cached in --out.
-Resumes from `<out>/last.pt` when it exists (pass --fresh to start over). Every --sample-every steps a
+Resumes from `<out>/last.pt` when it exists (pass --fresh to start over). --init starts a new run from
+exported weights instead of a random initialisation (train the embedded model further, or fine-tune
+a model on new images of the same classes). Every --sample-every steps a
 sheet with one row per class is written to <out>/samples, and <out>/arpg.safetensors is refreshed with
 the EMA or the raw weights, whichever had the lower held-out loss at the last evaluation.
 """
@@ -24,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ARPGError, ConfigError, DataError
-from arpg_core.loading import load_tokenizer, resolve_source, save_checkpoint
+from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.sampler import generate
 from arpg_core.tokenizer.vq import VQModel
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", required=True, help="VQ checkpoint (path or hf://)")
     p.add_argument("--config", default=None, help="ARPGConfig preset name or a JSON file for the model's shape "
                    "(default ARPG-emoji); vocabulary, classes and grid come from the tokenizer and the data")
+    p.add_argument("--init", default=None, help="exported ARPG weights (path or hf://) to start a new run from, "
+                   "e.g. assets/arpg_emoji.safetensors; its shape replaces --config; not applied on resume")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=64)
@@ -201,13 +205,46 @@ def check_resume(state: dict | None, ckpt: Path, tokenizer_digest: str, folders:
                           f"would shift. {hint}")
 
 
-def build(args, state: dict | None, vocab: int, num_classes: int, grid: int):
+def load_init(source: str, tokenizer: VQModel) -> ARPG:
+    """The weights a new run starts from. Refused when they were trained on another tokenizer's codes
+    (the metadata's `tokenizer_codes`) or on another vocabulary or grid: they would mean other tokens."""
+    path = resolve_source(source)
+    model = load_model(path)
+    cfg, tok = model.config, tokenizer.config
+    if (cfg.vocab_size, cfg.grid_size) != (tok.codebook_size, tok.grid_size):
+        raise ConfigError(f"--init {source}: the model has vocab {cfg.vocab_size} and grid {cfg.grid_size}, the "
+                          f"tokenizer vocab {tok.codebook_size} and grid {tok.grid_size}")
+    codes = read_metadata(path).get("tokenizer_codes")
+    if codes is not None and codes != tokenizer.codes_digest():
+        raise ConfigError(f"--init {source} was trained on the codes of another tokenizer (codes {codes}, this "
+                          f"tokenizer's {tokenizer.codes_digest()}); pass the tokenizer it was trained with")
+    return model
+
+
+def check_init(init: ARPG, names: list[str], source: str) -> None:
+    """The data's classes must be the model's: same count, and the same names where both have them."""
+    have = init.config.num_classes
+    if have != len(names):
+        raise ConfigError(f"--init {source} has {have} classes, the data {len(names)}: a class index would mean "
+                          "another class")
+    if init.class_names and list(init.class_names) != list(names):
+        pairs = enumerate(zip(init.class_names, names, strict=False))
+        changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in pairs if a != b]
+        print(f"--init {source}: class names differ from the data's ({'; '.join(changed[:3])}); training on "
+              "the data's classes by index", flush=True)
+
+
+def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, init: ARPG | None = None):
     """Model, EMA, optimiser and start step. A new run takes the preset's shape with the vocabulary,
-    class count and grid of the data; a resumed run keeps its own shape."""
+    class count and grid of the data (or the shape and weights of --init); a resumed run keeps its own."""
     ckpt = args.out / common.CHECKPOINT_NAME
     preset = ARPGConfig.from_spec(args.config or "ARPG-emoji")
     wanted = replace(preset, vocab_size=vocab, num_classes=num_classes, grid_size=grid)
-    if state:
+    if init is not None and not state:
+        if args.config is not None:
+            print(f"--init: the model shape of {args.init} is kept, --config {args.config} is not applied", flush=True)
+        cfg = init.config
+    elif state:
         cfg = ARPGConfig.from_dict(state["config"])
         if (cfg.vocab_size, cfg.num_classes, cfg.grid_size) != (vocab, num_classes, grid):
             raise ConfigError(f"{ckpt} has vocab {cfg.vocab_size}, {cfg.num_classes} classes, grid "
@@ -218,6 +255,8 @@ def build(args, state: dict | None, vocab: int, num_classes: int, grid: int):
         cfg = wanted
     model = ARPG(cfg)
     init_arpg_weights(model)
+    if init is not None and not state:
+        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
     ema = common.EMA(model, args.ema_decay)
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.95))
     step = common.restore_training_state(state, model, ema, optimizer) if state else 0
@@ -237,9 +276,14 @@ def train(args: argparse.Namespace) -> int:
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest)
     if state:
         common.check_steps_left(int(state["step"]), args.steps, args.out / common.CHECKPOINT_NAME)
+        if args.init:
+            print(f"resuming {args.out / common.CHECKPOINT_NAME}: --init {args.init} is not applied", flush=True)
+    init = load_init(args.init, tokenizer) if args.init and not state else None
     val_dir = common.held_out_folder(args.data, args.val_data)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
+    if init is not None:
+        check_init(init, names, args.init)
     val = None
     if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
@@ -247,7 +291,7 @@ def train(args: argparse.Namespace) -> int:
         raise DataError(f"no training images under {args.data}")
     run_id = {"tokenizer_digest": digest, "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
-                                        tokenizer.config.grid_size)
+                                        tokenizer.config.grid_size, init)
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
