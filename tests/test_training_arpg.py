@@ -118,6 +118,7 @@ def test_init_starts_a_new_run_from_exported_weights(tmp_path, capsys):
     Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "train" / "2_green" / "0.png")
     with pytest.raises(SystemExit, match="has 2 classes, the data 3"):
         main(base + f"--out {tmp_path / 'y'} --init {out / 'arpg.safetensors'} --steps 1 --threads 1".split())
+    assert not list((tmp_path / "y").glob("codes_*"))  # refused before the images were encoded
 
 
 def test_a_refused_export_leaves_the_assets_alone(tmp_path):

@@ -279,11 +279,12 @@ def train(args: argparse.Namespace) -> int:
         if args.init:
             print(f"resuming {args.out / common.CHECKPOINT_NAME}: --init {args.init} is not applied", flush=True)
     init = load_init(args.init, tokenizer) if args.init and not state else None
+    if init is not None:  # the class list is cheap to read; encoding is not
+        listed = ImageFolderDataset(args.data, tokenizer.config.image_size)
+        check_init(init, class_names_of(args.data, listed), args.init)
     val_dir = common.held_out_folder(args.data, args.val_data)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
-    if init is not None:
-        check_init(init, names, args.init)
     val = None
     if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
