@@ -121,6 +121,19 @@ def test_init_starts_a_new_run_from_exported_weights(tmp_path, capsys):
     assert not list((tmp_path / "y").glob("codes_*"))  # refused before the images were encoded
 
 
+def test_a_resumed_run_exports_what_its_last_evaluation_chose(tmp_path, monkeypatch):
+    _, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 2 --eval-every 2 --threads 1".split())
+    evals = out / "eval.jsonl"
+    record = json.loads(evals.read_text().splitlines()[-1])
+    record["val_loss_ema"] = record["val_loss"] + 1.0  # as if the raw weights had won at step 2
+    evals.write_text(evals.read_text() + json.dumps(record) + "\n" + '{"step": 2, "val_lo')  # and a torn line
+    monkeypatch.setattr(common, "StopFlag", lambda: StopAfter(1))
+    main(args + "--steps 50 --eval-every 20 --threads 1".split())  # stopped at step 3, before any evaluation
+    meta = arpg_core.loading.read_metadata(out / "arpg.safetensors")
+    assert (meta["step"], meta["weights"]) == ("3", "raw")
+
+
 def test_a_refused_export_leaves_the_assets_alone(tmp_path):
     vq_path, out, args = _tiny_run(tmp_path)
     assets = tmp_path / "assets"

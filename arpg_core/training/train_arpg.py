@@ -169,6 +169,24 @@ def evaluate(model, ema, val, unigram, step, args, progress) -> bool:
     return use_ema
 
 
+def last_choice(out: Path, step: int) -> bool:
+    """EMA or raw, as the last evaluation up to `step` in <out>/eval.jsonl chose (EMA when there is
+    none), so a resumed run stopped before its next evaluation exports what the run last preferred."""
+    use_ema = True
+    try:
+        lines = (out / "eval.jsonl").read_text().splitlines()
+    except OSError:
+        return use_ema
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if record["step"] <= step and "val_loss" in record:
+                use_ema = record["val_loss_ema"] <= record["val_loss"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill mid-write
+    return use_ema
+
+
 def snapshot(model, ema, tokenizer, step, args, names, use_ema: bool = True, sheet: bool = True) -> None:
     """Exported weights (and a sample sheet), so a run can be inspected and used while it trains. The
     metadata names the tokenizer's codes, so `export` can refuse a tokenizer that encodes otherwise."""
@@ -302,7 +320,7 @@ def train(args: argparse.Namespace) -> int:
     save = lambda: common.save_checkpoint(args.out / common.CHECKPOINT_NAME, **common.training_state(
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
-    use_ema = True
+    use_ema = last_choice(args.out, step) if state else True
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             idx = next(batches)
