@@ -134,6 +134,33 @@ def test_a_resumed_run_exports_what_its_last_evaluation_chose(tmp_path, monkeypa
     assert (meta["step"], meta["weights"]) == ("3", "raw")
 
 
+def test_augment_encodes_shrunk_and_shifted_copies(tmp_path):
+    from arpg_core.training.train_arpg import shrink_and_shift
+
+    x = torch.ones(2, 3, 32, 32)  # white canvases with a red block touching the left and right edges
+    x[:, 1:, 8:24, :] = -1
+    a = shrink_and_shift(x, torch.Generator().manual_seed(3))
+    b = shrink_and_shift(x, torch.Generator().manual_seed(3))
+    c = shrink_and_shift(x, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    red = (a[:, 1] < 0).flatten(1).sum(1)
+    assert (red > 0).all() and (red <= (x[:, 1] < 0).flatten(1).sum(1)).all()  # smaller, never cut off
+    assert (a[:, :, 0, 0] == 1).all() and (a[:, :, -1, -1] == 1).all()  # filled with the white border
+
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 1 --threads 1 --augment 2".split())
+    cache = next(out.glob("codes_train_*_flip_aug2.pt"))
+    saved = torch.load(cache, weights_only=True)
+    assert len(saved["codes"]) == 8 * 3 * 2  # originals and 2 copies, each mirrored
+    assert saved["labels"].tolist() == ([0] * 4 + [1] * 4) * 6
+    plain = next(out.glob("codes_train_*_flip.pt"), None)
+    assert plain is None
+    main(args + "--steps 2 --threads 1".split())  # without --augment: its own cache, 16 codes
+    assert len(torch.load(next(out.glob("codes_train_*_flip.pt")), weights_only=True)["codes"]) == 16
+    with pytest.raises(SystemExit, match="--augment must be 0 to 16"):
+        main(args + "--steps 3 --augment 17".split())
+
+
 def test_a_refused_export_leaves_the_assets_alone(tmp_path):
     vq_path, out, args = _tiny_run(tmp_path)
     assets = tmp_path / "assets"

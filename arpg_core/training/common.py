@@ -250,5 +250,8 @@ def check_options(args, prog: str) -> None:
         bad.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         bad.append(f"--weight-decay must be 0 or more (got {args.weight_decay})")
+    augment = getattr(args, "augment", 0)
+    if not 0 <= augment <= 16:
+        bad.append(f"--augment must be 0 to 16 copies (got {augment})")
     if bad:
         raise SystemExit(f"{prog}: error: " + "; ".join(bad))

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="no mirrored copies (for data where left and right differ: text, arrows, digits)")
+    p.add_argument("--augment", type=int, default=0, help="also encode this many copies of each image, shrunk "
+                   "(75-100%%) and shifted on its border colour: more layouts for small classes of objects on a "
+                   "plain background (emoji, icons); not for photos, whose edges it would smear")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=2000)
@@ -83,15 +86,41 @@ def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
     return list(data.class_names)
 
 
+def shrink_and_shift(images: torch.Tensor, generator: torch.Generator, smallest: float = 0.75) -> torch.Tensor:
+    """Each image scaled by a random factor in [smallest, 1] and placed at a random spot of its own
+    canvas, the rest filled with its border colour (the per-channel median of its edge pixels): new
+    layouts of an object on a plain background (emoji, icons), with nothing of it cut off."""
+    b, _, h, w = images.shape
+    out = torch.empty_like(images)
+    for i in range(b):
+        x = images[i]
+        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)  # [C, 2H + 2W]
+        out[i] = border.median(dim=1).values[:, None, None]
+        scale = smallest + (1 - smallest) * torch.rand((), generator=generator).item()
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        small = torch.nn.functional.interpolate(x[None], size=(sh, sw), mode="bilinear", antialias=True,
+                                                align_corners=False)[0]
+        top = int(torch.randint(0, h - sh + 1, (), generator=generator))
+        left = int(torch.randint(0, w - sw + 1, (), generator=generator))
+        out[i, :, top:top + sh, left:left + sw] = small
+    return out
+
+
 @torch.no_grad()
-def tokenize_folder(tokenizer: VQModel, data: ImageFolderDataset, flips: bool, batch: int = 64):
-    """-> (codes [M, N] long, labels [M] long); flipped copies follow the originals."""
+def tokenize_folder(tokenizer: VQModel, data: ImageFolderDataset, flips: bool, batch: int = 64,
+                    augment: int = 0, seed: int = 0):
+    """-> (codes [M, N] long, labels [M] long): the images, then `augment` shrunk-and-shifted copies
+    of each (seeded, so a cache stays valid), then the mirrors of all of those when `flips`."""
     images, labels = data.load_all()
-    codes = torch.cat([tokenizer.encode(chunk).flatten(1) for chunk in images.split(batch)])
-    if flips:
-        flipped = torch.cat([tokenizer.encode(chunk.flip(-1)).flatten(1) for chunk in images.split(batch)])
-        codes, labels = torch.cat([codes, flipped]), torch.cat([labels, labels])
-    return codes, labels
+    gen = torch.Generator().manual_seed(seed)
+    codes, mirrored = [], []
+    for k in range(1 + augment):  # one variant in memory at a time
+        variant = images if k == 0 else shrink_and_shift(images, gen)
+        codes += [tokenizer.encode(chunk).flatten(1) for chunk in variant.split(batch)]
+        if flips:
+            mirrored += [tokenizer.encode(chunk.flip(-1)).flatten(1) for chunk in variant.split(batch)]
+    labels = labels.repeat((1 + augment) * (2 if flips else 1))
+    return torch.cat(codes + mirrored), labels
 
 
 def file_digest(path: Path) -> str:
@@ -103,22 +132,24 @@ def file_digest(path: Path) -> str:
 
 
 def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: Path, flips: bool,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, augment: int = 0):
     """-> (codes, labels, readable class names, class folder names). The cache is keyed by the
     tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded."""
     data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
     for note in data.notes():
         print(note, flush=True)
     names = class_names_of(folder, data)
-    cache = out / f"codes_{folder.name}_{tokenizer_digest}_{data.fingerprint()}{'_flip' if flips else ''}.pt"
+    cache = out / (f"codes_{folder.name}_{tokenizer_digest}_{data.fingerprint()}{'_flip' if flips else ''}"
+                   f"{f'_aug{augment}' if augment else ''}.pt")
     if cache.exists():
         try:
             saved = torch.load(cache, weights_only=True)
             return saved["codes"], saved["labels"], names, saved["folders"]
         except Exception as exc:  # a cache cut short (disk full, killed mid-write): encode again
             print(f"{cache.name} is unreadable ({type(exc).__name__}); encoding again", flush=True)
-    print(f"encoding {len(data)} images of {folder} ...", flush=True)
-    codes, labels = tokenize_folder(tokenizer, data, flips)
+    print(f"encoding {len(data)} images of {folder}{f' and {augment} copies of each' if augment else ''} ...",
+          flush=True)
+    codes, labels = tokenize_folder(tokenizer, data, flips, augment=augment)
     common.save_checkpoint(cache, codes=codes, labels=labels, folders=data.class_names)  # atomic
     return codes, labels, names, data.class_names
 
@@ -301,7 +332,8 @@ def train(args: argparse.Namespace) -> int:
         listed = ImageFolderDataset(args.data, tokenizer.config.image_size)
         check_init(init, class_names_of(args.data, listed), args.init)
     val_dir = common.held_out_folder(args.data, args.val_data)
-    codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip)
+    codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
+                                                 augment=args.augment)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
     val = None
     if val_dir is not None:
