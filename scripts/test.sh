@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages the tests use, installed when missing: the browser the browser tests drive, and
-# the emoji font and list the data-set test renders.
+# the emoji font, list and text layout the data-set test renders with.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 [ -f /usr/share/unicode/emoji/emoji-test.txt ] || missing+=(unicode-data)
+for lib in libfribidi0 libharfbuzz0b; do  # Pillow's Raqm text layout, which the emoji renderer needs
+  dpkg -s "$lib" >/dev/null 2>&1 || missing+=("$lib")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -116,6 +116,8 @@ def test_init_starts_a_new_run_from_exported_weights(tmp_path, capsys):
         main(swapped + f"--out {tmp_path / 'x'} --init {out / 'arpg.safetensors'} --steps 1 --threads 1".split())
     (tmp_path / "train" / "2_green").mkdir()
     Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "train" / "2_green" / "0.png")
+    with pytest.raises(SystemExit, match="takes exported weights"):  # a training checkpoint, not an export
+        main(base + f"--out {tmp_path / 'z'} --init {cont / common.CHECKPOINT_NAME} --steps 1 --threads 1".split())
     with pytest.raises(SystemExit, match="has 2 classes, the data 3"):
         main(base + f"--out {tmp_path / 'y'} --init {out / 'arpg.safetensors'} --steps 1 --threads 1".split())
     assert not list((tmp_path / "y").glob("codes_*"))  # refused before the images were encoded
@@ -132,29 +134,33 @@ def test_a_resumed_run_exports_what_its_last_evaluation_chose(tmp_path, monkeypa
     main(args + "--steps 50 --eval-every 20 --threads 1".split())  # stopped at step 3, before any evaluation
     meta = arpg_core.loading.read_metadata(out / "arpg.safetensors")
     assert (meta["step"], meta["weights"]) == ("3", "raw")
+    monkeypatch.undo()
+    main(args + "--steps 1 --threads 1 --fresh".split())  # a new run in the same folder: the old log kept aside
+    assert len(evals.read_text().splitlines()) == 1 and (out / "eval.previous.jsonl").exists()
 
 
 def test_augment_encodes_shrunk_and_shifted_copies(tmp_path):
     from arpg_core.training.train_arpg import shrink_and_shift
 
-    x = torch.ones(2, 3, 32, 32)  # white canvases with a red block touching the left and right edges
-    x[:, 1:, 8:24, :] = -1
+    x = -torch.ones(2, 3, 32, 32)  # black canvases with a red band from the left edge to the right
+    x[:, 0, 8:24, :] = 1
     a = shrink_and_shift(x, torch.Generator().manual_seed(3))
     b = shrink_and_shift(x, torch.Generator().manual_seed(3))
     c = shrink_and_shift(x, torch.Generator().manual_seed(4))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
-    red = (a[:, 1] < 0).flatten(1).sum(1)
-    assert (red > 0).all() and (red <= (x[:, 1] < 0).flatten(1).sum(1)).all()  # smaller, never cut off
-    assert (a[:, :, 0, 0] == 1).all() and (a[:, :, -1, -1] == 1).all()  # filled with the white border
+    band = a[:, 0] > 0  # [2, 32, 32]
+    width = band.any(dim=1).sum(1)  # columns the band reaches: the whole shrunk width, nothing cut off
+    height = band.any(dim=2).sum(1)
+    assert (width >= 24).all() and ((width - 2 * height).abs() <= 2).all()  # a crop would keep the height
+    assert (a[:, :, 0, 0] == -1).all() and (a[:, :, -1, -1] == -1).all()  # filled with the black border
 
     vq_path, out, args = _tiny_run(tmp_path)
     main(args + "--steps 1 --threads 1 --augment 2".split())
-    cache = next(out.glob("codes_train_*_flip_aug2.pt"))
+    cache = next(out.glob("codes_train_*_flip_aug2v1.pt"))
     saved = torch.load(cache, weights_only=True)
     assert len(saved["codes"]) == 8 * 3 * 2  # originals and 2 copies, each mirrored
     assert saved["labels"].tolist() == ([0] * 4 + [1] * 4) * 6
-    plain = next(out.glob("codes_train_*_flip.pt"), None)
-    assert plain is None
+    assert not torch.equal(saved["codes"][8:16], saved["codes"][:8])  # the copies are not the originals
     main(args + "--steps 2 --threads 1".split())  # without --augment: its own cache, 16 codes
     assert len(torch.load(next(out.glob("codes_train_*_flip.pt")), weights_only=True)["codes"]) == 16
     with pytest.raises(SystemExit, match="--augment must be 0 to 16"):

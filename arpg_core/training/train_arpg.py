@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.errors import ARPGError, ConfigError, DataError
+from arpg_core.errors import ARPGError, ConfigError, DataError, UnsafeCheckpointError
 from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.sampler import generate
@@ -140,7 +140,7 @@ def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: P
         print(note, flush=True)
     names = class_names_of(folder, data)
     cache = out / (f"codes_{folder.name}_{tokenizer_digest}_{data.fingerprint()}{'_flip' if flips else ''}"
-                   f"{f'_aug{augment}' if augment else ''}.pt")
+                   f"{f'_aug{augment}v1' if augment else ''}.pt")  # v1: shrink_and_shift as it is, seed 0
     if cache.exists():
         try:
             saved = torch.load(cache, weights_only=True)
@@ -254,16 +254,25 @@ def check_resume(state: dict | None, ckpt: Path, tokenizer_digest: str, folders:
                           f"would shift. {hint}")
 
 
-def load_init(source: str, tokenizer: VQModel) -> ARPG:
+def load_init(source: str, tokenizer: VQModel, config: str | None = None) -> ARPG:
     """The weights a new run starts from. Refused when they were trained on another tokenizer's codes
     (the metadata's `tokenizer_codes`) or on another vocabulary or grid: they would mean other tokens."""
     path = resolve_source(source)
-    model = load_model(path)
+    meta = read_metadata(path)
+    if "config" not in meta:  # a published .pt: the shape is inferred (or --config), the codes unchecked
+        print(f"--init {source}: no config or codes record in the file; its shape is "
+              f"{'--config ' + config if config else 'inferred from the weights'}", flush=True)
+    try:
+        model = load_model(path, None if "config" in meta else config)
+    except UnsafeCheckpointError as exc:
+        raise ConfigError(f"--init {source}: {exc} --init takes exported weights such as <out>/arpg.safetensors; "
+                          "a run's last.pt is continued by passing its folder as --out") from None
+    model.shape_from_file = "config" in meta
     cfg, tok = model.config, tokenizer.config
     if (cfg.vocab_size, cfg.grid_size) != (tok.codebook_size, tok.grid_size):
         raise ConfigError(f"--init {source}: the model has vocab {cfg.vocab_size} and grid {cfg.grid_size}, the "
                           f"tokenizer vocab {tok.codebook_size} and grid {tok.grid_size}")
-    codes = read_metadata(path).get("tokenizer_codes")
+    codes = meta.get("tokenizer_codes")
     if codes is not None and codes != tokenizer.codes_digest():
         raise ConfigError(f"--init {source} was trained on the codes of another tokenizer (codes {codes}, this "
                           f"tokenizer's {tokenizer.codes_digest()}); pass the tokenizer it was trained with")
@@ -290,7 +299,7 @@ def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, ini
     preset = ARPGConfig.from_spec(args.config or "ARPG-emoji")
     wanted = replace(preset, vocab_size=vocab, num_classes=num_classes, grid_size=grid)
     if init is not None and not state:
-        if args.config is not None:
+        if args.config is not None and init.shape_from_file:
             print(f"--init: the model shape of {args.init} is kept, --config {args.config} is not applied", flush=True)
         cfg = init.config
     elif state:
@@ -327,7 +336,7 @@ def train(args: argparse.Namespace) -> int:
         common.check_steps_left(int(state["step"]), args.steps, args.out / common.CHECKPOINT_NAME)
         if args.init:
             print(f"resuming {args.out / common.CHECKPOINT_NAME}: --init {args.init} is not applied", flush=True)
-    init = load_init(args.init, tokenizer) if args.init and not state else None
+    init = load_init(args.init, tokenizer, args.config) if args.init and not state else None
     if init is not None:  # the class list is cheap to read; encoding is not
         listed = ImageFolderDataset(args.data, tokenizer.config.image_size)
         check_init(init, class_names_of(args.data, listed), args.init)
@@ -343,6 +352,7 @@ def train(args: argparse.Namespace) -> int:
     run_id = {"tokenizer_digest": digest, "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
                                         tokenizer.config.grid_size, init)
+    del init  # its weights are in the model now
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
@@ -353,6 +363,8 @@ def train(args: argparse.Namespace) -> int:
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
     use_ema = last_choice(args.out, step) if state else True
+    if not state and (args.out / "eval.jsonl").exists():  # an earlier run's log: kept aside, not mixed in
+        (args.out / "eval.jsonl").replace(args.out / "eval.previous.jsonl")
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             idx = next(batches)
