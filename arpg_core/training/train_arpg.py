@@ -132,10 +132,12 @@ def file_digest(path: Path) -> str:
 
 
 def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: Path, flips: bool,
-                 classes: list[str] | None = None, augment: int = 0):
+                 classes: list[str] | None = None, augment: int = 0, data: ImageFolderDataset | None = None):
     """-> (codes, labels, readable class names, class folder names). The cache is keyed by the
-    tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded."""
-    data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
+    tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded.
+    `data`: the folder already listed, if the caller has it."""
+    if data is None:
+        data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
     for note in data.notes():
         print(note, flush=True)
     names = class_names_of(folder, data)
@@ -183,6 +185,14 @@ def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8
     return path
 
 
+EVAL_LOG = "eval.jsonl"
+
+
+def prefers_ema(record: dict) -> bool:
+    """An evaluation record's choice: the EMA weights unless the raw ones had the lower held-out loss."""
+    return record["val_loss_ema"] <= record["val_loss"]
+
+
 def evaluate(model, ema, val, unigram, step, args, progress) -> bool:
     """Logs held-out losses; -> whether the EMA weights are the better ones (True without a held-out
     set: they are the usual choice once a run is long enough to sample from)."""
@@ -193,10 +203,10 @@ def evaluate(model, ema, val, unigram, step, args, progress) -> bool:
         record["val_loss_ema"] = heldout_loss(averaged, *val)
         record["val_loss"] = heldout_loss(model.eval(), *val)
         model.train()
-        use_ema = record["val_loss_ema"] <= record["val_loss"]  # early on the EMA still holds the init
+        use_ema = prefers_ema(record)  # early on the EMA still holds the init
         progress.write(f"[eval] step {step}: held-out loss {record['val_loss']:.4f} "
                        f"(EMA {record['val_loss_ema']:.4f}), unigram {unigram:.4f}")
-    common.log_jsonl(args.out / "eval.jsonl", record)
+    common.log_jsonl(args.out / EVAL_LOG, record)
     return use_ema
 
 
@@ -205,14 +215,14 @@ def last_choice(out: Path, step: int) -> bool:
     none), so a resumed run stopped before its next evaluation exports what the run last preferred."""
     use_ema = True
     try:
-        lines = (out / "eval.jsonl").read_text().splitlines()
+        lines = (out / EVAL_LOG).read_text().splitlines()
     except OSError:
         return use_ema
     for line in lines:
         try:
             record = json.loads(line)
             if record["step"] <= step and "val_loss" in record:
-                use_ema = record["val_loss_ema"] <= record["val_loss"]
+                use_ema = prefers_ema(record)
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a kill mid-write
     return use_ema
@@ -298,7 +308,7 @@ def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, ini
     ckpt = args.out / common.CHECKPOINT_NAME
     preset = ARPGConfig.from_spec(args.config or "ARPG-emoji")
     wanted = replace(preset, vocab_size=vocab, num_classes=num_classes, grid_size=grid)
-    if init is not None and not state:
+    if init is not None:  # train() passes it for a new run only
         if args.config is not None and init.shape_from_file:
             print(f"--init: the model shape of {args.init} is kept, --config {args.config} is not applied", flush=True)
         cfg = init.config
@@ -313,7 +323,7 @@ def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, ini
         cfg = wanted
     model = ARPG(cfg)
     init_arpg_weights(model)
-    if init is not None and not state:
+    if init is not None:
         model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
     ema = common.EMA(model, args.ema_decay)
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.95))
@@ -337,12 +347,12 @@ def train(args: argparse.Namespace) -> int:
         if args.init:
             print(f"resuming {args.out / common.CHECKPOINT_NAME}: --init {args.init} is not applied", flush=True)
     init = load_init(args.init, tokenizer, args.config) if args.init and not state else None
+    listed = ImageFolderDataset(args.data, tokenizer.config.image_size)  # listed once, encoded below
     if init is not None:  # the class list is cheap to read; encoding is not
-        listed = ImageFolderDataset(args.data, tokenizer.config.image_size)
         check_init(init, class_names_of(args.data, listed), args.init)
     val_dir = common.held_out_folder(args.data, args.val_data)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
-                                                 augment=args.augment)
+                                                 augment=args.augment, data=listed)
     check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
     val = None
     if val_dir is not None:
@@ -363,8 +373,8 @@ def train(args: argparse.Namespace) -> int:
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
     use_ema = last_choice(args.out, step) if state else True
-    if not state and (args.out / "eval.jsonl").exists():  # an earlier run's log: kept aside, not mixed in
-        (args.out / "eval.jsonl").replace(args.out / "eval.previous.jsonl")
+    if not state and (args.out / EVAL_LOG).exists():  # an earlier run's log: kept aside, not mixed in
+        (args.out / EVAL_LOG).replace(args.out / "eval.previous.jsonl")
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             idx = next(batches)
