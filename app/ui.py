@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app import gradio_fixes
 from app.handlers import MAX_IMAGES, Studio
 from app.inputs import ClassPicker, SafeImage, SafeImageEditor
 from app.models import ASSETS, ModelCache, registry
@@ -357,6 +358,7 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
 
 
 def create_demo(studio: Studio | None = None) -> gr.Blocks:
+    gradio_fixes.install()  # before any picture reaches Gradio's cache
     studio = studio or Studio(ModelCache(registry()))
     examples = example_paths()
     with gr.Blocks(title="ARPG Studio", delete_cache=(1800, 3600)) as demo:
