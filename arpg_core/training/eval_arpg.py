@@ -4,16 +4,21 @@ class, over random orders), overall and per class, beside a unigram model of the
     python -m arpg_core.training.eval_arpg --model assets/arpg_emoji.safetensors \
         --tokenizer assets/vq_emoji.safetensors --data data/emoji/val --train data/emoji/train
 
-One JSON object on stdout. The images are encoded with --tokenizer, the one whose codes the model
-learned (a decoder-only fine-tune encodes the same). Classes are numbered as the --train folder's
-(sorted sub-folders, as `train_arpg` does), so a class missing from --data shifts nothing. Without
---train the unigram model is fitted on the --data codes themselves, which flatters it.
+One JSON object on stdout. `--recognise N` adds how recognisable the model's images are: a small
+classifier trained on the --train images judges N samples per class (drawn as the sample sheet is)
+beside the held-out images; see `arpg_core.training.recognise`.
+
+The images are encoded with --tokenizer, the one whose codes the model learned (a decoder-only
+fine-tune encodes the same). Classes are numbered as the --train folder's (sorted sub-folders, as
+`train_arpg` does), so a class missing from --data shifts nothing. Without --train the unigram
+model is fitted on the --data codes themselves, which flatters it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -24,20 +29,21 @@ from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
 from arpg_core.tokenizer.vq import VQModel
 from arpg_core.training.objective import heldout_loss, unigram_loss
+from arpg_core.training.recognise import recognition
 from arpg_core.training.train_arpg import tokenize_folder
 
 
-def folder_codes(tokenizer: VQModel, folder: Path, classes: list[str] | None = None):
-    """-> (codes [M, N], labels [M], class folder names), encoded as train_arpg encodes (no mirrors)."""
-    data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
-    return *tokenize_folder(tokenizer, data, flips=False), data.class_names
-
-
 @torch.no_grad()
-def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = None, orders: int = 3) -> dict:
-    """Held-out loss averaged over `orders` fixed random orders (seeds 0..orders-1), per class too."""
-    reference, _, classes = folder_codes(tokenizer, train) if train else (None, None, None)
-    codes, labels, names = folder_codes(tokenizer, data, classes)
+def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = None, orders: int = 3,
+             recognise: int = 0, classifier: Path | None = None) -> dict:
+    """Held-out loss averaged over `orders` fixed random orders (seeds 0..orders-1), per class too;
+    with `recognise` (needs `train`), the recognition shares of that many samples per class."""
+    size = tokenizer.config.image_size
+    train_set = ImageFolderDataset(train, size) if train else None
+    heldout = ImageFolderDataset(data, size, classes=train_set.class_names if train_set else None)
+    reference = tokenize_folder(tokenizer, train_set, flips=False)[0] if train_set else None
+    codes, labels = tokenize_folder(tokenizer, heldout, flips=False)
+    names = heldout.class_names
     if len(names) != model.config.num_classes:
         raise ConfigError(f"{data} has {len(names)} classes; the model was trained on {model.config.num_classes}")
     reference = codes if reference is None else reference
@@ -48,7 +54,7 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
 
     per_class = {readable[c]: round(loss((labels == c).nonzero().flatten()), 4)
                  for c in range(len(names)) if (labels == c).any()}
-    return {
+    result = {
         "folder": str(data),
         "images": len(codes),
         "loss_nats": round(loss(torch.arange(len(codes))), 4),
@@ -57,6 +63,10 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
         "orders": orders,
         "loss_nats_per_class": per_class,
     }
+    if recognise:
+        result["recognised"] = recognition(model, tokenizer, train_set, heldout, recognise, readable, classifier,
+                                           log=lambda message: print(message, file=sys.stderr))
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,16 +76,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, required=True, help="held-out image folder")
     p.add_argument("--train", type=Path, help="training folder: class numbering and the unigram model")
     p.add_argument("--orders", type=int, default=3, help="random orders to average over (default 3)")
+    p.add_argument("--recognise", type=int, default=0, metavar="N",
+                   help="also classify N samples per class and the held-out images (needs --train)")
+    p.add_argument("--classifier", type=Path, help="where the recognition classifier is kept between runs")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.orders < 1:
         raise SystemExit("eval_arpg: error: --orders must be at least 1")
+    if args.recognise < 0 or (args.recognise and not args.train):
+        raise SystemExit("eval_arpg: error: --recognise takes a count of samples per class, and --train")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         model = load_model(args.model).float().eval()
         tokenizer = load_tokenizer(args.tokenizer).float().eval()
-        result = evaluate(model, tokenizer, args.data, args.train, args.orders)
+        result = evaluate(model, tokenizer, args.data, args.train, args.orders, args.recognise, args.classifier)
     except ARPGError as exc:
         raise SystemExit(f"eval_arpg: error: {exc}") from None
     print(json.dumps(result), flush=True)

@@ -157,17 +157,22 @@ def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: P
 
 
 @torch.no_grad()
+def class_samples(model: ARPG, tokenizer: VQModel, label: int, count: int, steps: int = 64,
+                  cfg_scale: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """`count` decoded images [count, 3, H, W] of one class: a sample sheet's row (same seeds)."""
+    g = model.config.grid_size
+    gens = [torch.Generator().manual_seed(seed + 1000 * label + i) for i in range(count)]
+    tokens = generate(model, [label] * count, steps=steps, cfg_scale=cfg_scale, generator=gens)
+    return tokenizer.decode(tokens.view(-1, g, g)).clamp(-1, 1)
+
+
+@torch.no_grad()
 def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8, steps: int = 64,
                  cfg_scale: float = 4.0, seed: int = 0) -> Path:
     """One row per class, `per_class` samples each, decoded to pixels; labelled when the model has
     class names."""
-    rows = []
-    g = model.config.grid_size
-    for c in range(model.config.num_classes):
-        gens = [torch.Generator().manual_seed(seed + 1000 * c + i) for i in range(per_class)]
-        tokens = generate(model, [c] * per_class, steps=steps, cfg_scale=cfg_scale, generator=gens)
-        images = tokenizer.decode(tokens.view(-1, g, g)).clamp(-1, 1)  # [k, 3, H, W]
-        rows.append(torch.cat(list(images), dim=-1))
+    rows = [torch.cat(list(class_samples(model, tokenizer, c, per_class, steps, cfg_scale, seed)), dim=-1)
+            for c in range(model.config.num_classes)]
     sheet = torch.cat(rows, dim=-2)
     array = ((sheet + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     image = Image.fromarray(array)

@@ -1,0 +1,145 @@
+"""How recognisable a class-conditional model's images are, as a number rather than a look at a sheet.
+
+A small convolutional classifier is trained on the tokenizer's reconstructions of the training
+images (so it knows the blur of decoded codes and judges content, not sharpness). It then classifies
+two sets, per class: the held-out images, reconstructed the same way (its ceiling: some classes look
+alike), and images generated as the sample sheet draws them (same seeds, steps and guidance). The
+score is the share taken for the class that was asked for; `eval_arpg --recognise N` reports both.
+
+The classifier is cached at a path of the caller's choosing, keyed by the training images and the
+tokenizer's weights, so comparing checkpoints trains it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.models.arpg import ARPG
+from arpg_core.tokenizer.vq import VQModel
+from arpg_core.training import common
+from arpg_core.training.train_arpg import class_samples, shrink_and_shift
+
+PX = 32  # the classifier sees images at this size: the classes differ in shape and colour, not detail
+CACHE_VERSION = 1
+STEPS = 1500  # classifier training steps of 64 images: about a minute on two cores
+
+
+class Classifier(nn.Module):
+    """Five 3x3 convolutions (two of them stride 2), global average pool, linear head; ~0.3M weights."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out, stride in ((width, 1), (2 * width, 2), (2 * width, 1), (4 * width, 2), (4 * width, 1)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.GELU()]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(c_in, num_classes))
+        self.num_classes, self.width = num_classes, width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1], any size -> logits [B, num_classes]."""
+        if images.shape[-2:] != (PX, PX):
+            images = F.interpolate(images, size=(PX, PX), mode="area")
+        return self.head(self.features(images))
+
+
+@torch.no_grad()
+def reconstruct(tokenizer: VQModel, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The images as the tokenizer gives them back: encoded to codes and decoded."""
+    return torch.cat([tokenizer.decode(tokenizer.encode(chunk)).clamp(-1, 1) for chunk in images.split(batch)])
+
+
+@torch.enable_grad()  # callers may be under no_grad (an evaluation)
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = STEPS,
+                     batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> Classifier:
+    """Class-balanced batches, random mirrors and shrink-and-shift copies (the augmentation of the
+    ARPG training: the layouts a generator may produce), AdamW with a cosine decay."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = Classifier(num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    batches = common.balanced_batches(common.class_balanced_weights(labels, 1.0), batch_size, gen)
+    model.train()
+    for step in range(steps):
+        common.set_lr(optimizer, lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        idx = next(batches)
+        x = images[idx]
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        moved = torch.rand(len(x), generator=gen) < 0.5
+        if moved.any():
+            x[moved] = shrink_and_shift(x[moved], gen)
+        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([classifier(chunk).argmax(-1) for chunk in images.split(batch)])
+
+
+def recognised(predicted: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
+    """Per class: the share of its images taken for it, and the class most often taken instead."""
+    out = {}
+    for c, name in enumerate(names):
+        mine = predicted[labels == c]
+        if not len(mine):
+            continue
+        wrong = mine[mine != c]
+        entry = {"share": round((mine == c).float().mean().item(), 3), "images": len(mine)}
+        if len(wrong):
+            entry["else_mostly"] = names[int(wrong.bincount(minlength=len(names)).argmax())]
+        out[name] = entry
+    out["all"] = {"share": round((predicted == labels).float().mean().item(), 3), "images": len(labels)}
+    return out
+
+
+def _weights_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def cached_classifier(tokenizer: VQModel, train: ImageFolderDataset, path: Path | None, log=print) -> Classifier:
+    """The classifier for these training images and this tokenizer: loaded from `path` when it was
+    trained on the same, else trained (about a minute on two cores) and saved there."""
+    key = f"v{CACHE_VERSION}|{train.fingerprint()}|{_weights_digest(tokenizer)}"
+    if path is not None and path.is_file():
+        state = common.load_checkpoint(path)
+        if state.get("key") == key:
+            model = Classifier(state["num_classes"], state["width"])
+            model.load_state_dict(state["weights"])
+            return model.eval()
+        log(f"{path} was trained on other images or another tokenizer: training it again")
+    images, labels = train.load_all(log=log)
+    log(f"training the recognition classifier on {len(images)} reconstructed images ...")
+    model = train_classifier(reconstruct(tokenizer, images), labels, train.num_classes, steps=STEPS)
+    if path is not None:
+        common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
+                               weights=model.state_dict())
+    return model
+
+
+def recognition(model: ARPG, tokenizer: VQModel, train: ImageFolderDataset, heldout: ImageFolderDataset,
+                per_class: int, names: list[str], classifier_path: Path | None = None, log=print) -> dict:
+    """-> {"heldout": per class, "samples": per class} shares taken for the class asked for."""
+    classifier = cached_classifier(tokenizer, train, classifier_path, log)
+    images, labels = heldout.load_all(log=log)
+    real = recognised(predict(classifier, reconstruct(tokenizer, images)), labels, names)
+    made = [class_samples(model, tokenizer, c, per_class) for c in range(model.config.num_classes)]
+    asked = torch.arange(model.config.num_classes).repeat_interleave(per_class)
+    return {"heldout": real, "samples": recognised(predict(classifier, torch.cat(made)), asked, names),
+            "samples_per_class": per_class}

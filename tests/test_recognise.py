@@ -1,0 +1,73 @@
+"""The recognition measure (arpg_core.training.recognise, `eval_arpg --recognise`): a classifier that
+tells classes apart, shares per class, and a cache that is reused only for the same images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from arpg_core.training import eval_arpg, recognise
+from arpg_core.training.train_arpg import main
+from tests.test_training_arpg import _tiny_run
+
+
+def _squares(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Red squares (class 0) and blue ones (class 1) of random shade, size and place, on white."""
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = torch.ones(2 * count, 3, 32, 32), torch.arange(2).repeat_interleave(count)
+    for i, label in enumerate(labels.tolist()):
+        side = int(torch.randint(8, 20, (), generator=gen))
+        top, left = (int(v) for v in torch.randint(0, 32 - side, (2,), generator=gen))
+        colour = torch.full((3,), -1.0)
+        colour[2 * label] = torch.rand((), generator=gen).item() * 0.8 + 0.2
+        images[i, :, top:top + side, left:left + side] = colour[:, None, None]
+    return images, labels
+
+
+def test_the_classifier_tells_classes_apart_and_shares_are_per_class():
+    images, labels = _squares(16, seed=0)
+    classifier = recognise.train_classifier(images, labels, num_classes=2, steps=60, batch_size=16)
+    fresh, truth = _squares(8, seed=1)
+    predicted = recognise.predict(classifier, fresh)
+    assert (predicted == truth).all()
+    names = ["red", "blue"]
+    shares = recognise.recognised(predicted, truth, names)
+    assert shares == {"red": {"share": 1.0, "images": 8}, "blue": {"share": 1.0, "images": 8},
+                      "all": {"share": 1.0, "images": 16}}
+    mixed = recognise.recognised(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), names)
+    assert mixed["red"] == {"share": 0.5, "images": 2, "else_mostly": "blue"} and mixed["all"]["share"] == 0.75
+
+
+def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(recognise, "STEPS", 5)
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 1 --threads 1".split())
+    capsys.readouterr()
+    cached = tmp_path / "classifier.pt"
+    argv = (f"--model {out / 'arpg.safetensors'} --tokenizer {vq_path} --data {tmp_path / 'val'} "
+            f"--train {tmp_path / 'train'} --orders 1 --recognise 3 --classifier {cached}").split()
+    result = eval_arpg.main(argv)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == result  # stdout holds the JSON alone; progress goes to stderr
+    assert "training the recognition classifier on 8 reconstructed images" in captured.err
+    found = result["recognised"]
+    assert [(k, v["images"]) for k, v in found["heldout"].items()] == [("0_red", 1), ("1_blue", 1), ("all", 2)]
+    assert [(k, v["images"]) for k, v in found["samples"].items()] == [("0_red", 3), ("1_blue", 3), ("all", 6)]
+    assert all(0 <= v["share"] <= 1 for part in ("heldout", "samples") for v in found[part].values())
+    assert cached.is_file()
+
+    def untrained(*_, **__):
+        raise AssertionError("the cached classifier should have been used")
+
+    monkeypatch.setattr(recognise, "train_classifier", untrained)
+    again = eval_arpg.main(argv)
+    assert again["recognised"]["heldout"] == found["heldout"]  # same classifier, same held-out images
+    # new training images: the cache no longer fits, and the classifier is trained again
+    (tmp_path / "train" / "0_red" / "0.png").write_bytes((tmp_path / "train" / "1_blue" / "0.png").read_bytes())
+    with pytest.raises(AssertionError, match="should have been used"):
+        eval_arpg.main(argv)
+    assert "trained on other images or another tokenizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--recognise takes a count"):
+        eval_arpg.main(argv[:argv.index("--train")] + ["--recognise", "2"])
