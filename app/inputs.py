@@ -4,20 +4,32 @@
 an image, a truncated one or a decompression bomb would fail there with Pillow's own exception.
 These subclasses read the header first (size against the pixel cap, bombs as errors) and turn any
 decoding failure into a `gr.Error`. The frontend is the stock one (`is_template`).
+
+The editor also bounds what Gradio keeps of its canvases: the browser uploads the whole canvas
+(background, layers, composite) after every stroke under a new id, and Gradio drops only the id a
+run submits, so every stroke of every session stayed in memory for the life of the server.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 import warnings
 
 import gradio as gr
+from gradio.components.base import server
+from gradio.components.image_editor import EditorDataBlobs
 from PIL import Image, UnidentifiedImageError
 
 from arpg_core.imageio import MAX_PIXELS
 
 NOT_AN_IMAGE = "The upload is not an image this app can read (use PNG, JPEG, WebP, GIF or BMP)."
 CORRUPT = "The image is corrupt or truncated; please upload it again or use another file."
+EXPIRED = "The image is no longer on the server (uploads are kept for an hour); please upload it again."
+CANVAS_TTL_S = 1800  # a painted canvas not run within this long is forgotten (paint again to run it)
+CANVAS_MAX_BYTES = 512 * 2**20  # all sessions' canvases together; the oldest go first
+_CANVAS_LOCK = threading.Lock()  # module-level: a lock on the component would break Gradio's deep copies
 
 
 def check_header(source) -> None:
@@ -30,6 +42,8 @@ def check_header(source) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(data) as image:
                 width, height = image.size
+    except FileNotFoundError:  # Gradio's cache deleted it (delete_cache ages files from their upload)
+        raise gr.Error(EXPIRED) from None
     except UnidentifiedImageError:
         raise gr.Error(NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -45,6 +59,8 @@ def _decoded(preprocess, payload):
         return preprocess(payload)
     except gr.Error:
         raise
+    except FileNotFoundError:
+        raise gr.Error(EXPIRED) from None
     except UnidentifiedImageError:
         raise gr.Error(NOT_AN_IMAGE) from None
     except (OSError, SyntaxError, ValueError):
@@ -66,6 +82,41 @@ class SafeImage(gr.Image):
 
 class SafeImageEditor(gr.ImageEditor):
     is_template = True
+
+    @server
+    def accept_blobs(self, data):
+        """One part (background, composite or a layer) of a canvas the browser uploads. The parts of
+        one canvas arrive at once, on worker threads: they are merged under a lock (Gradio's
+        unlocked read-modify-write could drop one, and the run then saw no image or no mask). Then
+        canvases older than CANVAS_TTL_S, or beyond CANVAS_MAX_BYTES in all, are forgotten."""
+        kind, key, raw = data.data["type"], data.data["id"], data.data.get("index")
+        index = int(raw) if raw not in (None, "", "null") else None
+        file = data.files[0][1]
+        now = time.monotonic()
+        with _CANVAS_LOCK:
+            current = self.blob_storage.get(key) or EditorDataBlobs(background=None, layers=[], composite=None)
+            if kind == "layer" and index is not None:
+                current.layers.extend([None] * (index + 1 - len(current.layers)))
+                current.layers[index] = file
+            elif kind == "background":
+                current.background = file
+            elif kind == "composite":
+                current.composite = file
+            self.blob_storage[key] = current
+            sizes = self.__dict__.setdefault("_canvas_sizes", {})  # id -> (last upload, bytes)
+            sizes[key] = (now, sizes.get(key, (now, 0))[1] + len(file))
+            self._forget_old_canvases(sizes, now)
+
+    def _forget_old_canvases(self, sizes: dict, now: float) -> None:
+        for key in [k for k in sizes if k not in self.blob_storage]:  # submitted (Gradio popped them)
+            del sizes[key]
+        total = sum(size for _, size in sizes.values())
+        for key, (when, size) in sorted(sizes.items(), key=lambda item: item[1][0]):
+            if now - when <= CANVAS_TTL_S and total <= CANVAS_MAX_BYTES:
+                break
+            self.blob_storage.pop(key, None)
+            del sizes[key]
+            total -= size
 
     def preprocess(self, payload):
         if payload is None:

@@ -18,7 +18,7 @@ from arpg_core.pipeline import Frame, Pipeline
 
 DISPLAY_PX = 256  # live frames are scaled by whole pixels to about this long side
 KEEP_GIFS = 16
-MAX_SHOWN = 240  # frames kept for the GIF, and at most MAX_SHOWN_PIXELS of them (about 120 MB as RGB):
+MAX_SHOWN = 240  # frames kept for the GIF, and at most MAX_SHOWN_PIXELS of them (40 MB as palette images):
 MAX_SHOWN_PIXELS = 40_000_000  # a long run on a big canvas would otherwise hold hundreds of MB a session
 
 
@@ -45,7 +45,9 @@ class Run:
         latest stay); the GIF still plays in real time, each frame lasting until the next one kept."""
         if self.shown is None:
             return
-        self.shown.append((when, image))
+        # palette frames, as the GIF stores them: a third of RGB, for a State Gradio keeps an hour
+        # after its tab closes
+        self.shown.append((when, image.quantize(255, method=Image.Quantize.FASTOCTREE)))
         if len(self.shown) > max(2, min(MAX_SHOWN, MAX_SHOWN_PIXELS // (image.width * image.height))):
             self.shown = self.shown[:-1:2] + self.shown[-1:]
 
@@ -115,7 +117,7 @@ def write_gif(run: Run, folder: Path) -> str | None:
         return None
     times = [t for t, _ in shown]
     durations = [max(40, round(1000 * (b - a))) for a, b in zip(times, times[1:], strict=False)] + [1500]
-    frames = [image.quantize(255, method=Image.Quantize.FASTOCTREE) for _, image in shown]
+    frames = [image for _, image in shown]
     for old in sorted(folder.glob("*.gif"))[:-KEEP_GIFS]:  # keep the folder small
         old.unlink(missing_ok=True)
     path = folder / f"arpg-{time.time_ns()}.gif"

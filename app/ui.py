@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from app import gradio_fixes
-from app.handlers import MAX_IMAGES, Studio
+from app.handlers import MAX_IMAGES, Studio, user_errors
 from app.inputs import ClassPicker, SafeImage, SafeImageEditor
 from app.models import ASSETS, ModelCache, registry
 from app.outpaint_frame import OutpaintFrame
@@ -342,10 +342,14 @@ def _wire_send(studio: Studio, gallery: gr.Gallery, send: dict, tabs: gr.Tabs, t
     gallery.change(lambda: 0, None, picked, **LIGHT)  # a new batch: its first image, not an old pick
 
     def sender(tab: str):
+        @user_errors
         def send_to(images, index):
             if not images:
                 raise gr.Error("Generate an image first.")
             image = images[min(int(index or 0), len(images) - 1)][0]
+            if not os.path.isfile(image):  # Gradio's cache deletes results after an hour
+                raise gr.Error("That result is no longer on the server (results are kept for an hour); "
+                               "generate it again.")
             if tab == "inpaint":  # the editor value, and the image as the one placed there
                 picture = open_image(image)
                 return studio.to_editor(picture), fingerprint(picture), gr.update(selected=tab)
@@ -391,6 +395,7 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
             [model, active],
             [model, active, label, sampling[1], status],
             concurrency_limit=None,  # ModelCache locks per model: one download holds up no other switch
+            trigger_mode="always_last",  # a pick made while another model loads is applied after it
             api_visibility="private",
         )
         _wire_runs(studio, [generate, inpaint, outpaint, expand], [label, seed, *sampling, active])
