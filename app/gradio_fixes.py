@@ -33,16 +33,17 @@ def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "w
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
     folder.mkdir(parents=True, exist_ok=True)
     path = (folder / f"{name}.{format}").resolve()
-    if path.is_file() and path.stat().st_size == len(data):
-        try:
+    try:
+        if path.stat().st_size == len(data):
             os.utime(path)  # `delete_cache` ages files by ctime: a picture handed out again stays
-        except OSError:
-            pass
-        return str(path)
+            return str(path)
+    except OSError:  # not there, or deleted by `delete_cache` just now: written below
+        pass
     fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
+        os.chmod(staging, 0o644)  # mkstemp's 0600 would differ from Gradio's own files
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

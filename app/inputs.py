@@ -7,7 +7,8 @@ decoding failure into a `gr.Error`. The frontend is the stock one (`is_template`
 
 The editor also bounds what Gradio keeps of its canvases: the browser uploads the whole canvas
 (background, layers, composite) after every stroke under a new id, and Gradio drops only the id a
-run submits, so every stroke of every session stayed in memory for the life of the server.
+run submits, so every stroke of every session stayed in memory for the life of the server. Here a
+session keeps its latest two.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from arpg_core.imageio import MAX_PIXELS
 NOT_AN_IMAGE = "The upload is not an image this app can read (use PNG, JPEG, WebP, GIF or BMP)."
 CORRUPT = "The image is corrupt or truncated; please upload it again or use another file."
 EXPIRED = "The image is no longer on the server (uploads are kept for an hour); please upload it again."
-CANVAS_TTL_S = 1800  # a painted canvas not run within this long is forgotten (paint again to run it)
-CANVAS_MAX_BYTES = 512 * 2**20  # all sessions' canvases together; the oldest go first
+CANVAS_GONE = ("The painted canvas is no longer on the server (it is kept for an hour); paint a stroke "
+               "again, then run.")
+CANVASES_PER_SESSION = 2  # the one a run may be about to read, and the newest
+CANVAS_TTL_S = 3600  # a canvas untouched this long is forgotten (a closed tab's; Gradio keeps its State as long)
+CANVAS_MAX_BYTES = 1024 * 2**20  # all sessions' canvases together; the oldest go first
 _CANVAS_LOCK = threading.Lock()  # module-level: a lock on the component would break Gradio's deep copies
 
 
@@ -87,8 +91,9 @@ class SafeImageEditor(gr.ImageEditor):
     def accept_blobs(self, data):
         """One part (background, composite or a layer) of a canvas the browser uploads. The parts of
         one canvas arrive at once, on worker threads: they are merged under a lock (Gradio's
-        unlocked read-modify-write could drop one, and the run then saw no image or no mask). Then
-        canvases older than CANVAS_TTL_S, or beyond CANVAS_MAX_BYTES in all, are forgotten."""
+        unlocked read-modify-write could drop one, and the run then saw no image or no mask). Each
+        session keeps its CANVASES_PER_SESSION latest canvases; canvases not touched for CANVAS_TTL_S
+        (a closed tab's), or beyond CANVAS_MAX_BYTES in all, are forgotten, oldest first."""
         kind, key, raw = data.data["type"], data.data["id"], data.data.get("index")
         index = int(raw) if raw not in (None, "", "null") else None
         file = data.files[0][1]
@@ -103,31 +108,55 @@ class SafeImageEditor(gr.ImageEditor):
             elif kind == "composite":
                 current.composite = file
             self.blob_storage[key] = current
-            sizes = self.__dict__.setdefault("_canvas_sizes", {})  # id -> (last upload, bytes)
-            sizes[key] = (now, sizes.get(key, (now, 0))[1] + len(file))
-            self._forget_old_canvases(sizes, now)
+            canvases = self._canvases()
+            _, _, size = canvases.pop(key, (None, now, 0))  # re-inserted: the dict runs oldest to newest
+            canvases[key] = (data.data.get("session_hash"), now, size + len(file))
+            self._forget_old_canvases(canvases, now)
 
-    def _forget_old_canvases(self, sizes: dict, now: float) -> None:
-        for key in [k for k in sizes if k not in self.blob_storage]:  # submitted (Gradio popped them)
-            del sizes[key]
-        total = sum(size for _, size in sizes.values())
-        for key, (when, size) in sorted(sizes.items(), key=lambda item: item[1][0]):
-            if now - when <= CANVAS_TTL_S and total <= CANVAS_MAX_BYTES:
+    def _canvases(self) -> dict[str, tuple[str | None, float, int]]:
+        """id -> (session, last upload, bytes) of the canvases stored and not yet run, oldest first."""
+        return self.__dict__.setdefault("_canvas_records", {})
+
+    def _forget_old_canvases(self, canvases: dict, now: float) -> None:
+        for key in [k for k in canvases if k not in self.blob_storage]:  # run (Gradio popped them)
+            del canvases[key]
+        newest_of: dict = {}
+        for key, (session, _, _) in reversed(canvases.items()):
+            newest_of.setdefault(session, []).append(key)
+        stale = {key for keys in newest_of.values() for key in keys[CANVASES_PER_SESSION:]}
+        stale |= {key for key, (_, when, _) in canvases.items() if now - when > CANVAS_TTL_S}
+        total = sum(size for key, (_, _, size) in canvases.items() if key not in stale)
+        for key, (_, _, size) in canvases.items():  # oldest first, while all of them are too many bytes
+            if total <= CANVAS_MAX_BYTES:
                 break
+            if key not in stale:
+                stale.add(key)
+                total -= size
+        for key in stale:
             self.blob_storage.pop(key, None)
-            del sizes[key]
-            total -= size
+            del canvases[key]
 
     def preprocess(self, payload):
         if payload is None:
             return None
-        if payload.id is not None:  # the browser sends the canvas as blobs stored under an id
-            cached = self.blob_storage.get(payload.id)
-            if cached is not None:
-                check_header(cached.background)
-        else:
+        if payload.id is None:  # an API client or a value set by the server: a path
             check_header(_path(payload.background))
-        return _decoded(super().preprocess, payload)
+            return _decoded(super().preprocess, payload)
+        # The browser's canvas, stored under an id: taken out of the store under the lock (a cleanup
+        # running meanwhile must not remove it halfway through Gradio's preprocess) and handed to
+        # Gradio under a key no cleanup knows, which Gradio removes once read.
+        with _CANVAS_LOCK:
+            cached = self.blob_storage.pop(payload.id, None)
+            self._canvases().pop(payload.id, None)
+            if cached is None:
+                raise gr.Error(CANVAS_GONE)
+            private = f"run:{payload.id}"
+            self.blob_storage[private] = cached
+        try:
+            check_header(cached.background)
+            return _decoded(super().preprocess, payload.model_copy(update={"id": private}))
+        finally:
+            self.blob_storage.pop(private, None)
 
 
 class ClassPicker(gr.Dropdown):

@@ -394,8 +394,8 @@ def create_demo(studio: Studio | None = None) -> gr.Blocks:
             studio.switch_model,
             [model, active],
             [model, active, label, sampling[1], status],
-            concurrency_limit=None,  # ModelCache locks per model: one download holds up no other switch
-            trigger_mode="always_last",  # a pick made while another model loads is applied after it
+            concurrency_limit=None,  # ModelCache locks per model: one session's download holds up no other's
+            trigger_mode="always_last",  # a pick made while this session's model loads is applied after it
             api_visibility="private",
         )
         _wire_runs(studio, [generate, inpaint, outpaint, expand], [label, seed, *sampling, active])

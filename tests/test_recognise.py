@@ -69,5 +69,9 @@ def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, mo
     with pytest.raises(AssertionError, match="should have been used"):
         eval_arpg.main(argv)
     assert "trained on other images or another tokenizer" in capsys.readouterr().err
+    cached.write_bytes(b"not a checkpoint")  # a damaged cache is trained again, not a dead end
+    with pytest.raises(AssertionError, match="should have been used"):
+        eval_arpg.main(argv)
+    assert "cannot read training checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--recognise takes a count"):
         eval_arpg.main(argv[:argv.index("--train")] + ["--recognise", "2"])

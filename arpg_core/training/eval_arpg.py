@@ -17,6 +17,7 @@ model is fitted on the --data codes themselves, which flatters it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -64,8 +65,7 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
         "loss_nats_per_class": per_class,
     }
     if recognise:
-        result["recognised"] = recognition(model, tokenizer, train_set, heldout, recognise, readable, classifier,
-                                           log=lambda message: print(message, file=sys.stderr))
+        result["recognised"] = recognition(model, tokenizer, train_set, heldout, recognise, readable, classifier)
     return result
 
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         model = load_model(args.model).float().eval()
         tokenizer = load_tokenizer(args.tokenizer).float().eval()
-        result = evaluate(model, tokenizer, args.data, args.train, args.orders, args.recognise, args.classifier)
+        with contextlib.redirect_stdout(sys.stderr):  # notes (unreadable files, training): stdout is the JSON's
+            result = evaluate(model, tokenizer, args.data, args.train, args.orders, args.recognise, args.classifier)
     except ARPGError as exc:
         raise SystemExit(f"eval_arpg: error: {exc}") from None
     print(json.dumps(result), flush=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import CheckpointError
 from arpg_core.models.arpg import ARPG
 from arpg_core.tokenizer.vq import VQModel
 from arpg_core.training import common
@@ -62,9 +63,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
                      batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> Classifier:
     """Class-balanced batches, random mirrors and shrink-and-shift copies (the augmentation of the
     ARPG training: the layouts a generator may produce), AdamW with a cosine decay."""
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = Classifier(num_classes)
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's global RNG untouched
+        torch.manual_seed(seed)
+        model = Classifier(num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     batches = common.balanced_batches(common.class_balanced_weights(labels, 1.0), batch_size, gen)
     model.train()
@@ -118,12 +120,17 @@ def cached_classifier(tokenizer: VQModel, train: ImageFolderDataset, path: Path 
     trained on the same, else trained (about a minute on two cores) and saved there."""
     key = f"v{CACHE_VERSION}|{train.fingerprint()}|{_weights_digest(tokenizer)}"
     if path is not None and path.is_file():
-        state = common.load_checkpoint(path)
+        try:
+            state = common.load_checkpoint(path)
+        except CheckpointError as exc:
+            log(f"{exc}: training it again")
+            state = {}
         if state.get("key") == key:
             model = Classifier(state["num_classes"], state["width"])
             model.load_state_dict(state["weights"])
             return model.eval()
-        log(f"{path} was trained on other images or another tokenizer: training it again")
+        elif state:
+            log(f"{path} was trained on other images or another tokenizer: training it again")
     images, labels = train.load_all(log=log)
     log(f"training the recognition classifier on {len(images)} reconstructed images ...")
     model = train_classifier(reconstruct(tokenizer, images), labels, train.num_classes, steps=STEPS)
