@@ -288,9 +288,17 @@ class VQModel(nn.Module):
     def codes_digest(self) -> str:
         """A short hash of what decides an image's codes: the config, encoder, quant_conv and codebook.
         A decoder-only fine-tune keeps it, so an ARPG trained on the codes can name its tokenizer."""
+        return self._digest(("encoder.", "quant_conv.", "quantize."))
+
+    def weights_digest(self) -> str:
+        """A short hash of what decides a reconstruction: the config and every weight, decoder included."""
+        return self._digest(("",))
+
+    def _digest(self, prefixes: tuple[str, ...]) -> str:
+        """The config and the weights under `prefixes` (not the codebook usage counter), hashed."""
         h = hashlib.sha256(self.config.to_json().encode())
         for key, value in sorted(self.state_dict().items()):
-            if key.startswith(("encoder.", "quant_conv.", "quantize.")) and "codebook_used" not in key:
+            if key.startswith(prefixes) and "codebook_used" not in key:
                 h.update(key.encode())
                 h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:12]

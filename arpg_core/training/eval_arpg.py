@@ -42,12 +42,12 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
     size = tokenizer.config.image_size
     train_set = ImageFolderDataset(train, size) if train else None
     heldout = ImageFolderDataset(data, size, classes=train_set.class_names if train_set else None)
-    reference = tokenize_folder(tokenizer, train_set, flips=False)[0] if train_set else None
+    train_codes = tokenize_folder(tokenizer, train_set, flips=False) if train_set else None
     codes, labels = tokenize_folder(tokenizer, heldout, flips=False)
     names = heldout.class_names
     if len(names) != model.config.num_classes:
         raise ConfigError(f"{data} has {len(names)} classes; the model was trained on {model.config.num_classes}")
-    reference = codes if reference is None else reference
+    reference = codes if train_codes is None else train_codes[0]
     readable = list(getattr(model, "class_names", None) or names)
 
     def loss(idx: torch.Tensor) -> float:
@@ -65,7 +65,8 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
         "loss_nats_per_class": per_class,
     }
     if recognise:
-        result["recognised"] = recognition(model, tokenizer, train_set, heldout, recognise, readable, classifier)
+        result["recognised"] = recognition(model, tokenizer, train_codes, train_set.fingerprint(), (codes, labels),
+                                           recognise, readable, classifier)
     return result
 
 

@@ -12,15 +12,12 @@ tokenizer's weights, so comparing checkpoints trains it once.
 
 from __future__ import annotations
 
-import hashlib
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import CheckpointError
 from arpg_core.models.arpg import ARPG
 from arpg_core.tokenizer.vq import VQModel
@@ -53,9 +50,10 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: VQModel, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """The images as the tokenizer gives them back: encoded to codes and decoded."""
-    return torch.cat([tokenizer.decode(tokenizer.encode(chunk)).clamp(-1, 1) for chunk in images.split(batch)])
+def reconstruct(tokenizer: VQModel, codes: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Images as the tokenizer gives them back, from their codes [M, N] (raster order)."""
+    g = tokenizer.config.grid_size
+    return torch.cat([tokenizer.decode(chunk.view(-1, g, g)).clamp(-1, 1) for chunk in codes.split(batch)])
 
 
 @torch.enable_grad()  # callers may be under no_grad (an evaluation)
@@ -71,7 +69,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     batches = common.balanced_batches(common.class_balanced_weights(labels, 1.0), batch_size, gen)
     model.train()
     for step in range(steps):
-        common.set_lr(optimizer, lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        common.set_lr(optimizer, common.lr_at(step, lr, warmup=0, total=steps, min_ratio=0.0))
         idx = next(batches)
         x = images[idx]
         flip = torch.rand(len(x), generator=gen) < 0.5
@@ -107,18 +105,12 @@ def recognised(predicted: torch.Tensor, labels: torch.Tensor, names: list[str]) 
     return out
 
 
-def _weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
-def cached_classifier(tokenizer: VQModel, train: ImageFolderDataset, path: Path | None, log=print) -> Classifier:
-    """The classifier for these training images and this tokenizer: loaded from `path` when it was
-    trained on the same, else trained (about a minute on two cores) and saved there."""
-    key = f"v{CACHE_VERSION}|{train.fingerprint()}|{_weights_digest(tokenizer)}"
+def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tensor], num_classes: int,
+                      images_key: str, path: Path | None, log=print) -> Classifier:
+    """The classifier for the training images (their codes and labels, `images_key` naming them, e.g.
+    the folder's fingerprint) and this tokenizer: loaded from `path` when it was trained on the same,
+    else trained on their reconstructions (about a minute on two cores) and saved there."""
+    key = f"v{CACHE_VERSION}|{images_key}|{tokenizer.weights_digest()}"
     if path is not None and path.is_file():
         try:
             state = common.load_checkpoint(path)
@@ -131,21 +123,23 @@ def cached_classifier(tokenizer: VQModel, train: ImageFolderDataset, path: Path 
             return model.eval()
         elif state:
             log(f"{path} was trained on other images or another tokenizer: training it again")
-    images, labels = train.load_all(log=log)
-    log(f"training the recognition classifier on {len(images)} reconstructed images ...")
-    model = train_classifier(reconstruct(tokenizer, images), labels, train.num_classes, steps=STEPS)
+    codes, labels = train
+    log(f"training the recognition classifier on {len(codes)} reconstructed images ...")
+    model = train_classifier(reconstruct(tokenizer, codes), labels, num_classes, steps=STEPS)
     if path is not None:
         common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
                                weights=model.state_dict())
     return model
 
 
-def recognition(model: ARPG, tokenizer: VQModel, train: ImageFolderDataset, heldout: ImageFolderDataset,
-                per_class: int, names: list[str], classifier_path: Path | None = None, log=print) -> dict:
-    """-> {"heldout": per class, "samples": per class} shares taken for the class asked for."""
-    classifier = cached_classifier(tokenizer, train, classifier_path, log)
-    images, labels = heldout.load_all(log=log)
-    real = recognised(predict(classifier, reconstruct(tokenizer, images)), labels, names)
+def recognition(model: ARPG, tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tensor], train_key: str,
+                heldout: tuple[torch.Tensor, torch.Tensor], per_class: int, names: list[str],
+                classifier_path: Path | None = None, log=print) -> dict:
+    """train, heldout: (codes [M, N], labels [M]) of the images, as the loss evaluation encoded them.
+    -> {"heldout": per class, "samples": per class} shares taken for the class asked for."""
+    classifier = cached_classifier(tokenizer, train, model.config.num_classes, train_key, classifier_path, log)
+    codes, labels = heldout
+    real = recognised(predict(classifier, reconstruct(tokenizer, codes)), labels, names)
     made = [class_samples(model, tokenizer, c, per_class) for c in range(model.config.num_classes)]
     asked = torch.arange(model.config.num_classes).repeat_interleave(per_class)
     return {"heldout": real, "samples": recognised(predict(classifier, torch.cat(made)), asked, names),
