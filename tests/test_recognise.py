@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+import arpg_core
+
 from arpg_core.training import eval_arpg, recognise
 from arpg_core.training.train_arpg import main
 from tests.test_training_arpg import _tiny_run
@@ -75,3 +77,27 @@ def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, mo
     assert "cannot read training checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--recognise takes a count"):
         eval_arpg.main(argv[:argv.index("--train")] + ["--recognise", "2"])
+
+
+def test_the_cached_classifier_does_not_depend_on_the_thread_count(monkeypatch):
+    """Nor on the caller's random state. Trained on 2 threads instead of 1, float sums are added in
+    another order (30 steps: weights 2e-6 apart, and it grows with steps); with dropout drawn from the
+    global generator, what ran before moved them by 0.05. The measure trains on one thread, seeded."""
+    monkeypatch.setattr(recognise, "STEPS", 30)
+    torch.manual_seed(0)
+    tokenizer = arpg_core.build_tokenizer("VQ-tiny").eval()
+    g = tokenizer.config.grid_size
+    codes = torch.randint(0, tokenizer.config.codebook_size, (32, g * g))
+    labels = torch.arange(2).repeat_interleave(16)
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(threads)  # as if something else had drawn random numbers before
+            model = recognise.cached_classifier(tokenizer, (codes, labels), 2, "squares", None, log=lambda _: None)
+            assert torch.get_num_threads() == threads  # the caller's setting is given back
+            weights.append(torch.cat([p.flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import arpg_core
-from arpg_core.training import common
+from arpg_core.training import common, grow
 from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
 from tests.test_training_vq import StopAfter, _make_folder
@@ -292,3 +292,38 @@ def test_eval_arpg_reports_loss_per_class_beside_a_unigram(tmp_path, capsys):
     Image.new("RGB", (32, 32), (0, 200, 0)).save(data / "2_green" / "0.png")
     with pytest.raises(SystemExit, match="has 3 classes; the model was trained on 2"):
         eval_arpg.main(f"--model {out / 'arpg.safetensors'} --tokenizer {vq_path} --data {data}".split())
+
+
+def test_grow_deepens_a_trained_model_without_changing_its_logits(tmp_path, capsys):
+    """grow adds blocks to each half whose output projections are zero: same logits, the tokenizer
+    record and class names kept, and train_arpg --init trains on from the grown file."""
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 2 --threads 1".split())
+    small = arpg_core.load_model(out / "arpg.safetensors")
+    grown_path = tmp_path / "grown.safetensors"
+    grow.main(f"--model {out / 'arpg.safetensors'} --layers 6 --out {grown_path}".split())
+    assert "2 -> 6 layers" in capsys.readouterr().out
+    grown = arpg_core.load_model(grown_path)
+    assert grown.config.n_layer == 6 and len(grown.layers.self_dec) == len(grown.layers.cross_dec) == 3
+    assert grown.class_names == small.class_names == ["0_red", "1_blue"]
+    meta = arpg_core.loading.read_metadata(grown_path)
+    assert meta["tokenizer_codes"] == arpg_core.loading.read_metadata(out / "arpg.safetensors")["tokenizer_codes"]
+    torch.manual_seed(0)
+    tokens, order = torch.randint(0, 64, (3, 256)), torch.stack([torch.randperm(256) for _ in range(3)])
+    labels = torch.tensor([0, 1, -1])  # -1: the null class of guidance
+    with torch.no_grad():
+        assert torch.allclose(grown(tokens, labels, order), small(tokens, labels, order), atol=1e-5)
+    new_block = grown.layers.cross_dec[2]
+    assert new_block.ffn.w1.weight.abs().sum() > 0  # only the output projections start at zero
+
+    base = [a for a in args if a not in ("--out", str(out))]
+    cont = tmp_path / "cont"
+    main(base + f"--out {cont} --init {grown_path} --steps 2 --lr 1e-2 --warmup 1 --threads 1".split())
+    trained = common.load_checkpoint(cont / common.CHECKPOINT_NAME)["model"]
+    assert trained["layers.cross_dec.2.ffn.w2.weight"].abs().sum() > 0  # the new blocks learn
+
+    for layers, message in ((0, "fewer than the model's 2"), (5, "must be even")):
+        with pytest.raises(SystemExit, match=message):
+            grow.main(f"--model {out / 'arpg.safetensors'} --layers {layers} --out {tmp_path / 'x.safetensors'}".split())
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        grow.main(f"--model {tmp_path / 'missing.safetensors'} --layers 4 --out {tmp_path / 'x.safetensors'}".split())

@@ -12,6 +12,8 @@ tokenizer's weights, so comparing checkpoints trains it once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from arpg_core.training import common
 from arpg_core.training.train_arpg import class_samples, shrink_and_shift
 
 PX = 32  # the classifier sees images at this size: the classes differ in shape and colour, not detail
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one thread, seeded dropout (version 1 depended on both the thread count and the RNG)
 STEPS = 1500  # classifier training steps of 64 images: about a minute on two cores
 
 
@@ -49,6 +51,19 @@ class Classifier(nn.Module):
         return self.head(self.features(images))
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one intra-op thread: a float sum split over N threads is added up in another order, and
+    over many training steps those last-bit differences grow. On one thread (and with its dropout
+    seeded) the same images and seed give the same weights, whatever --threads says."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def reconstruct(tokenizer: VQModel, codes: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Images as the tokenizer gives them back, from their codes [M, N] (raster order)."""
@@ -62,25 +77,25 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     """Class-balanced batches, random mirrors and shrink-and-shift copies (the augmentation of the
     ARPG training: the layouts a generator may produce), AdamW with a cosine decay."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's global RNG untouched
+    with torch.random.fork_rng(devices=[]):  # seeded weights and dropout, the caller's global RNG untouched
         torch.manual_seed(seed)
         model = Classifier(num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    batches = common.balanced_batches(common.class_balanced_weights(labels, 1.0), batch_size, gen)
-    model.train()
-    for step in range(steps):
-        common.set_lr(optimizer, common.lr_at(step, lr, warmup=0, total=steps, min_ratio=0.0))
-        idx = next(batches)
-        x = images[idx]
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        moved = torch.rand(len(x), generator=gen) < 0.5
-        if moved.any():
-            x[moved] = shrink_and_shift(x[moved], gen)
-        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        batches = common.balanced_batches(common.class_balanced_weights(labels, 1.0), batch_size, gen)
+        model.train()
+        for step in range(steps):
+            common.set_lr(optimizer, common.lr_at(step, lr, warmup=0, total=steps, min_ratio=0.0))
+            idx = next(batches)
+            x = images[idx]
+            flip = torch.rand(len(x), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            moved = torch.rand(len(x), generator=gen) < 0.5
+            if moved.any():
+                x[moved] = shrink_and_shift(x[moved], gen)
+            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     return model.eval()
 
 
@@ -109,7 +124,7 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
                       images_key: str, path: Path | None, log=print) -> Classifier:
     """The classifier for the training images (their codes and labels, `images_key` naming them, e.g.
     the folder's fingerprint) and this tokenizer: loaded from `path` when it was trained on the same,
-    else trained on their reconstructions (about a minute on two cores) and saved there."""
+    else trained on their reconstructions (a few minutes, on one thread) and saved there."""
     key = f"v{CACHE_VERSION}|{images_key}|{tokenizer.weights_digest()}"
     if path is not None and path.is_file():
         try:
@@ -124,8 +139,9 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
         elif state:
             log(f"{path} was trained on other images or another tokenizer: training it again")
     codes, labels = train
-    log(f"training the recognition classifier on {len(codes)} reconstructed images ...")
-    model = train_classifier(reconstruct(tokenizer, codes), labels, num_classes, steps=STEPS)
+    log(f"training the recognition classifier on {len(codes)} reconstructed images (one thread) ...")
+    with one_thread():  # the same classifier whatever --threads says (a few minutes on one core)
+        model = train_classifier(reconstruct(tokenizer, codes), labels, num_classes, steps=STEPS)
     if path is not None:
         common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
                                weights=model.state_dict())
