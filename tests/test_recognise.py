@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import arpg_core
-
 from arpg_core.training import eval_arpg, recognise
 from arpg_core.training.train_arpg import main
 from tests.test_training_arpg import _tiny_run

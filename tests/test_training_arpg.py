@@ -322,8 +322,9 @@ def test_grow_deepens_a_trained_model_without_changing_its_logits(tmp_path, caps
     trained = common.load_checkpoint(cont / common.CHECKPOINT_NAME)["model"]
     assert trained["layers.cross_dec.2.ffn.w2.weight"].abs().sum() > 0  # the new blocks learn
 
-    for layers, message in ((0, "fewer than the model's 2"), (5, "must be even")):
+    for model, layers, message in ((out / "arpg.safetensors", 0, "fewer than the model's 2"),
+                                   (out / "arpg.safetensors", 5, "must be even"),
+                                   (tmp_path / "missing.safetensors", 4, "checkpoint not found")):
         with pytest.raises(SystemExit, match=message):
-            grow.main(f"--model {out / 'arpg.safetensors'} --layers {layers} --out {tmp_path / 'x.safetensors'}".split())
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        grow.main(f"--model {tmp_path / 'missing.safetensors'} --layers 4 --out {tmp_path / 'x.safetensors'}".split())
+            grow.main(f"--model {model} --layers {layers} --out {tmp_path / 'x.safetensors'}".split())
+    assert not (tmp_path / "x.safetensors").exists()
