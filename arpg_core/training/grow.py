@@ -8,8 +8,8 @@ Each half of the stack (content layers, query layers) gets the same number of ne
 the trained ones of that half. A new block's attention output projection and its feed-forward output
 projection start at zero, so the block adds nothing to the residual stream: the grown model gives the
 same logits as the one it came from, and training starts from where the smaller model stopped instead
-of from scratch. The other weights of a new block are drawn as a fresh model's are (zero output
-projections still pass gradients to them once the projections move).
+of from scratch. The other weights of a new block are drawn as train_arpg draws a fresh model's
+(normal, std 0.02); the zero output projections still pass gradients to them once they move.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from arpg_core.errors import ARPGError, ConfigError
 from arpg_core.loading import load_model, read_metadata, resolve_source, save_checkpoint
 from arpg_core.models.arpg import ARPG
+from arpg_core.training.objective import init_arpg_weights
 
 
 def grow(model: ARPG, n_layer: int, seed: int = 0) -> ARPG:
@@ -34,6 +35,7 @@ def grow(model: ARPG, n_layer: int, seed: int = 0) -> ARPG:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         grown = ARPG(cfg)
+        init_arpg_weights(grown)  # what a fresh train_arpg run starts from; trained weights overwrite it
     missing, unexpected = grown.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, strict=False)
     if unexpected:  # every trained weight has a place in the deeper model
         raise ConfigError(f"weights with no place in the grown model: {unexpected[:3]}")
@@ -64,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(grown, args.out, extra_metadata={"tokenizer_codes": codes} if codes else None)
     except ARPGError as exc:
         raise SystemExit(f"grow: error: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"grow: error: cannot write {args.out}: {exc.strerror or exc}") from None
     params = sum(t.numel() for t in grown.parameters())
     print(f"{args.out}: {model.config.n_layer} -> {args.layers} layers, {params / 1e6:.2f}M parameters "
-          f"(about {params * 2 / 1e6:.2f} MB in bfloat16)")
+          f"(float32, {args.out.stat().st_size / 1e6:.2f} MB; export writes bfloat16, about half)")
 
 
 if __name__ == "__main__":

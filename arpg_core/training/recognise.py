@@ -28,7 +28,7 @@ from arpg_core.training.train_arpg import class_samples, shrink_and_shift
 
 PX = 32  # the classifier sees images at this size: the classes differ in shape and colour, not detail
 CACHE_VERSION = 2  # 2: one thread, seeded dropout (version 1 depended on both the thread count and the RNG)
-STEPS = 1500  # classifier training steps of 64 images: about a minute on two cores
+STEPS = 1500  # classifier training steps of 64 images: a few minutes on one thread
 
 
 class Classifier(nn.Module):
