@@ -33,6 +33,10 @@ WRAPPER_KEYS = ("model", "ema", "module", "state_dict")
 # Derived buffers some training codes save; they are recomputed, never loaded.
 DERIVED_SUFFIXES = ("freqs_cis", "causal_mask")
 FORMAT = "arpg-studio"
+# Our int8 files: each 2-D weight as int8 rows beside one float32 scale per row (weight = q * scale),
+# every other float tensor in bfloat16. Metadata "storage" names the layout.
+INT8_LAYOUT = "int8-rows"
+SCALE_SUFFIX = ":scale"
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -97,6 +101,41 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError) as exc:
         raise CorruptCheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from None
+
+
+def quantize_int8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Symmetric per-row int8 for the 2-D float tensors (linear and embedding weights: a quarter of
+    their float32 bytes), bfloat16 for the other float tensors. Rows of zeros stay exactly zero."""
+    out = {}
+    for key, value in sd.items():
+        if value.is_floating_point() and value.ndim == 2:
+            w = value.float()
+            scale = w.abs().amax(dim=1) / 127
+            q = torch.where(scale[:, None] > 0, w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None], 0.0)
+            out[key] = q.round().clamp(-127, 127).to(torch.int8)
+            out[key + SCALE_SUFFIX] = scale
+        else:
+            out[key] = value.to(torch.bfloat16) if value.is_floating_point() else value
+    return out
+
+
+def dequantize_int8(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The inverse of `quantize_int8` (float32 weights); a scale without its weight, or an int8
+    weight without its scale, is a damaged file."""
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(SCALE_SUFFIX):
+            base = key[:-len(SCALE_SUFFIX)]
+            if base not in sd or sd[base].dtype != torch.int8:
+                raise CorruptCheckpointError(f"{name}: scale {key} has no int8 weight {base}")
+            continue
+        if value.dtype == torch.int8:
+            scale = sd.get(key + SCALE_SUFFIX)
+            if scale is None or value.ndim != 2 or scale.shape != value.shape[:1]:
+                raise CorruptCheckpointError(f"{name}: int8 weight {key} has no matching per-row scale")
+            value = value.float() * scale.float()[:, None]
+        out[key] = value
+    return out
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -194,6 +233,12 @@ def _load(source, config, kind: str, dtype, device):
     sd, meta = read_checkpoint(path)
     if meta.get("format") == FORMAT and meta.get("kind") != kind:
         raise CheckpointError(f"{path.name} holds a {meta.get('kind')} checkpoint, not a {kind}")
+    layout = meta.get("storage")
+    if layout == INT8_LAYOUT:
+        sd = dequantize_int8(sd, path.name)
+    elif layout is not None:
+        raise CheckpointError(f"{path.name} stores its weights as {layout!r}, which this version cannot read "
+                              f"(it reads float files and {INT8_LAYOUT!r})")
     cfg_cls, infer = (ARPGConfig, infer_arpg_config) if kind == "arpg" else (VQConfig, infer_vq_config)
     if config is not None:
         cfg = cfg_cls.resolve(config)
@@ -223,7 +268,9 @@ def load_tokenizer(source: str | Path, config: str | dict | VQConfig | None = No
 # ---- saving ----------------------------------------------------------------------------------
 def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: list[str] | None = None,
                     dtype: torch.dtype | None = None, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write our self-describing safetensors file (config and class names in the metadata)."""
+    """Write our self-describing safetensors file (config and class names in the metadata). `dtype`
+    casts the float tensors; torch.int8 stores the 2-D weights as int8 rows with per-row scales
+    (about half a bfloat16 file; `load_model` turns them back into floats)."""
     from safetensors.torch import save_file
 
     kind = "arpg" if isinstance(module, ARPG) else "vq" if isinstance(module, VQModel) else None
@@ -232,11 +279,15 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
     sd = {}
     for k, v in module.state_dict().items():
         v = v.detach().to("cpu")
-        if dtype is not None and v.is_floating_point():
+        if dtype not in (None, torch.int8) and v.is_floating_point():
             v = v.to(dtype)
-        sd[k] = v.contiguous()
-    names = class_names if class_names is not None else getattr(module, "class_names", None)
+        sd[k] = v
     meta = {"format": FORMAT, "kind": kind, "config": module.config.to_json(), **(extra_metadata or {})}
+    if dtype == torch.int8:
+        sd = quantize_int8(sd)
+        meta["storage"] = INT8_LAYOUT
+    sd = {k: v.contiguous() for k, v in sd.items()}
+    names = class_names if class_names is not None else getattr(module, "class_names", None)
     if names is not None:
         meta["class_names"] = json.dumps(list(names))
     path = Path(path)

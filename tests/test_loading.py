@@ -51,6 +51,43 @@ def test_published_format_loads_strictly_and_round_trips(tmp_path, wrap):
     torch.testing.assert_close(again(*x), expected, rtol=0, atol=0)
 
 
+def test_int8_storage_is_half_a_bf16_file_and_loads_back_close(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, ref = published_file(tmp_path)
+    model = arpg_core.load_model(path)
+    model.layers.self_dec[0].attn.proj.weight.data[:3] = 0  # grown blocks start with zero rows: they must stay zero
+    bf16 = arpg_core.save_checkpoint(model, tmp_path / "bf16.safetensors", dtype=torch.bfloat16)
+    int8 = arpg_core.save_checkpoint(model, tmp_path / "int8.safetensors", dtype=torch.int8,
+                                     class_names=list("abcde"), extra_metadata={"note": "kept"})
+    assert int8.stat().st_size < 0.6 * bf16.stat().st_size
+    with safe_open(str(int8), framework="pt") as f:
+        meta, stored = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["storage"] == "int8-rows" and meta["note"] == "kept"
+    assert stored["head.weight"].dtype == torch.int8 and stored["norm.weight"].dtype == torch.bfloat16
+    again = arpg_core.load_model(int8)
+    assert again.config == model.config and again.class_names == list("abcde")
+    for (name, w), w8 in zip(model.state_dict().items(), again.state_dict().values()):
+        assert w8.dtype == torch.float32, name
+        if w.ndim == 2:  # within half a step of its row's grid
+            step = w.abs().amax(1, keepdim=True) / 127
+            assert ((w - w8).abs() <= step / 2 + 1e-6).all(), name
+    assert (again.layers.self_dec[0].attn.proj.weight[:3] == 0).all()
+    x = inputs(model.config)
+    expected = model(*x)
+    assert (again(*x) - expected).abs().mean() < 0.03 * expected.std()  # random weights of std 0.2: a hard case
+
+    damaged = dict(stored)
+    del damaged["head.weight:scale"]
+    save_file(damaged, str(tmp_path / "noscale.safetensors"), metadata=meta)
+    with pytest.raises(CorruptCheckpointError, match="head.weight"):
+        arpg_core.load_model(tmp_path / "noscale.safetensors")
+    save_file(stored, str(tmp_path / "future.safetensors"), metadata={**meta, "storage": "int4-blocks"})
+    with pytest.raises(arpg_core.CheckpointError, match="int4-blocks"):
+        arpg_core.load_model(tmp_path / "future.safetensors")
+
+
 def test_shape_mismatch_names_the_differences(tmp_path):
     path, _ = published_file(tmp_path)
     with pytest.raises(ShapeMismatchError) as err:

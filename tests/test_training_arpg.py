@@ -6,6 +6,7 @@ from PIL import Image
 
 import arpg_core
 from arpg_core.training import common, grow
+from arpg_core.loading import read_metadata
 from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
 from tests.test_training_vq import StopAfter, _make_folder
@@ -53,6 +54,10 @@ def test_train_resume_export(tmp_path):
     assert set(sizes) == {"vq_emoji.safetensors", "arpg_emoji.safetensors"}
     assert arpg_core.load_model(tmp_path / "assets" / "arpg_emoji.safetensors").class_names == ["0_red", "1_blue"]
     assert (tmp_path / "assets" / "samples_emoji.png").exists()
+    assert read_metadata(tmp_path / "assets" / "arpg_emoji.safetensors")["storage"] == "int8-rows"
+    bf16 = export(str(vq_path), str(out / "arpg.safetensors"), tmp_path / "bf16", per_class=1, storage="bf16")
+    assert "storage" not in read_metadata(tmp_path / "bf16" / "arpg_emoji.safetensors")
+    assert bf16["arpg_emoji.safetensors"] > 1.5 * sizes["arpg_emoji.safetensors"]
 
 
 def test_any_class_count_trains_with_a_preset(tmp_path):

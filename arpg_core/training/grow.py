@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"grow: error: cannot write {args.out}: {exc.strerror or exc}") from None
     params = sum(t.numel() for t in grown.parameters())
     print(f"{args.out}: {model.config.n_layer} -> {args.layers} layers, {params / 1e6:.2f}M parameters "
-          f"(float32, {args.out.stat().st_size / 1e6:.2f} MB; export writes bfloat16, about half)")
+          f"(float32, {args.out.stat().st_size / 1e6:.2f} MB; export writes int8, about a quarter)")
 
 
 if __name__ == "__main__":
