@@ -68,7 +68,7 @@ def test_int8_storage_is_half_a_bf16_file_and_loads_back_close(tmp_path):
     assert stored["head.weight"].dtype == torch.int8 and stored["norm.weight"].dtype == torch.bfloat16
     again = arpg_core.load_model(int8)
     assert again.config == model.config and again.class_names == list("abcde")
-    for (name, w), w8 in zip(model.state_dict().items(), again.state_dict().values()):
+    for (name, w), w8 in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert w8.dtype == torch.float32, name
         if w.ndim == 2:  # within half a step of its row's grid
             step = w.abs().amax(1, keepdim=True) / 127

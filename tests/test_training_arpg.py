@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 import arpg_core
-from arpg_core.training import common, grow
 from arpg_core.loading import read_metadata
+from arpg_core.training import common, grow
 from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
 from tests.test_training_vq import StopAfter, _make_folder
