@@ -110,8 +110,10 @@ def quantize_int8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in sd.items():
         if value.is_floating_point() and value.ndim == 2:
             w = value.float()
+            if not torch.isfinite(w).all():  # one NaN or inf would take its whole row with it
+                raise CheckpointError(f"{key} holds NaN or infinite values; it cannot be stored as int8")
             scale = w.abs().amax(dim=1) / 127
-            q = torch.where(scale[:, None] > 0, w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None], 0.0)
+            q = w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]  # an all-zero row: 0 / tiny
             out[key] = q.round().clamp(-127, 127).to(torch.int8)
             out[key + SCALE_SUFFIX] = scale
         else:
@@ -131,7 +133,8 @@ def dequantize_int8(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.T
             continue
         if value.dtype == torch.int8:
             scale = sd.get(key + SCALE_SUFFIX)
-            if scale is None or value.ndim != 2 or scale.shape != value.shape[:1]:
+            if (scale is None or value.ndim != 2 or scale.shape != value.shape[:1] or not scale.is_floating_point()
+                    or not torch.isfinite(scale).all() or (scale < 0).any()):
                 raise CorruptCheckpointError(f"{name}: int8 weight {key} has no matching per-row scale")
             value = value.float() * scale.float()[:, None]
         out[key] = value
@@ -233,7 +236,7 @@ def _load(source, config, kind: str, dtype, device):
     sd, meta = read_checkpoint(path)
     if meta.get("format") == FORMAT and meta.get("kind") != kind:
         raise CheckpointError(f"{path.name} holds a {meta.get('kind')} checkpoint, not a {kind}")
-    layout = meta.get("storage")
+    layout = meta.get("storage") if meta.get("format") == FORMAT else None
     if layout == INT8_LAYOUT:
         sd = dequantize_int8(sd, path.name)
     elif layout is not None:
@@ -276,6 +279,10 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
     kind = "arpg" if isinstance(module, ARPG) else "vq" if isinstance(module, VQModel) else None
     if kind is None:
         raise ConfigError(f"cannot save a {type(module).__name__}")
+    if dtype is not None and not (dtype.is_floating_point or dtype == torch.int8):
+        raise ConfigError(f"weights are stored as a float dtype or torch.int8, not {dtype}")
+    if dtype == torch.int8 and kind == "vq":  # int8 would move the codebook, so the codes
+        raise ConfigError("int8 storage is for generators: a tokenizer's codes must stay exactly the learned ones")
     sd = {}
     for k, v in module.state_dict().items():
         v = v.detach().to("cpu")

@@ -66,6 +66,8 @@ def test_int8_storage_is_half_a_bf16_file_and_loads_back_close(tmp_path):
         meta, stored = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     assert meta["storage"] == "int8-rows" and meta["note"] == "kept"
     assert stored["head.weight"].dtype == torch.int8 and stored["norm.weight"].dtype == torch.bfloat16
+    zero_rows = "layers.self_dec.0.attn.proj.weight"
+    assert (stored[zero_rows][:3] == 0).all() and (stored[zero_rows + ":scale"][:3] == 0).all()
     again = arpg_core.load_model(int8)
     assert again.config == model.config and again.class_names == list("abcde")
     for (name, w), w8 in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
@@ -83,9 +85,25 @@ def test_int8_storage_is_half_a_bf16_file_and_loads_back_close(tmp_path):
     save_file(damaged, str(tmp_path / "noscale.safetensors"), metadata=meta)
     with pytest.raises(CorruptCheckpointError, match="head.weight"):
         arpg_core.load_model(tmp_path / "noscale.safetensors")
+    orphan = {**stored, "head.weight": model.head.weight.detach().clone()}  # a float weight beside a scale
+    save_file(orphan, str(tmp_path / "orphan.safetensors"), metadata=meta)
+    with pytest.raises(CorruptCheckpointError, match="head.weight:scale"):
+        arpg_core.load_model(tmp_path / "orphan.safetensors")
+    bad_scale = {**stored, "head.weight:scale": torch.full_like(stored["head.weight:scale"], float("nan"))}
+    save_file(bad_scale, str(tmp_path / "nan.safetensors"), metadata=meta)
+    with pytest.raises(CorruptCheckpointError, match="head.weight"):
+        arpg_core.load_model(tmp_path / "nan.safetensors")
     save_file(stored, str(tmp_path / "future.safetensors"), metadata={**meta, "storage": "int4-blocks"})
     with pytest.raises(arpg_core.CheckpointError, match="int4-blocks"):
         arpg_core.load_model(tmp_path / "future.safetensors")
+
+    model.head.weight.data[0, 0] = float("inf")
+    with pytest.raises(arpg_core.CheckpointError, match="head.weight holds NaN or infinite"):
+        arpg_core.save_checkpoint(model, tmp_path / "inf.safetensors", dtype=torch.int8)
+    with pytest.raises(arpg_core.ConfigError, match="codes must stay"):
+        arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "vq8.safetensors", dtype=torch.int8)
+    with pytest.raises(arpg_core.ConfigError, match="torch.int16"):
+        arpg_core.save_checkpoint(model, tmp_path / "int16.safetensors", dtype=torch.int16)
 
 
 def test_shape_mismatch_names_the_differences(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from arpg_core.errors import ARPGError, CheckpointError
+from arpg_core.errors import ARPGError, CheckpointError, ConfigError
 from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
 from arpg_core.pipeline import Pipeline
 from arpg_core.training.train_arpg import sample_sheet
@@ -35,7 +35,7 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8,
     """Everything is written and checked in a scratch folder first; assets/ changes only when the pair
     loads as a pipeline and every file is within budget, so a failed export leaves the shipped model."""
     if storage not in STORAGE:
-        raise CheckpointError(f"unknown storage {storage!r}; choose one of {sorted(STORAGE)}")
+        raise ConfigError(f"unknown storage {storage!r}; choose one of {sorted(STORAGE)}")
     tokenizer = load_tokenizer(vq_source)
     model = load_model(arpg_source)
     if not model.class_names:
