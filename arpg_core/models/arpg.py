@@ -36,7 +36,8 @@ class ARPGConfig(ConfigBase):
         "ARPG-L": dict(dim=1024, n_layer=24, n_head=16),
         "ARPG-XL": dict(dim=1280, n_layer=36, n_head=20),
         "ARPG-XXL": dict(dim=1536, n_layer=48, n_head=24),
-        # The embedded emoji model: 9 emoji groups over the VQ-emoji codebook (bf16 file < 9.5 MB).
+        # Where the embedded emoji model started: 9 emoji groups over the VQ-emoji codebook (the
+        # shipped one was grown deeper from it with training.grow; see the README's model card).
         "ARPG-emoji": dict(dim=192, n_layer=8, n_head=3, vocab_size=1024, num_classes=9),
         # Small configs for tests and benchmarks.
         "ARPG-tiny": dict(dim=64, n_layer=4, n_head=2, vocab_size=64, num_classes=4, grid_size=4,
