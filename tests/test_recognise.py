@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import arpg_core
+from arpg_core.errors import ConfigError
 from arpg_core.training import eval_arpg, recognise
 from arpg_core.training.train_arpg import main
 from tests.test_training_arpg import _tiny_run
@@ -41,6 +42,36 @@ def test_the_classifier_tells_classes_apart_and_shares_are_per_class():
     assert mixed["red"] == {"share": 0.5, "images": 2, "else_mostly": "blue"} and mixed["all"]["share"] == 0.75
 
 
+def _bars(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upright bars (class 0) and lying ones (class 1), each of a random dark colour, size and place."""
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = torch.ones(2 * count, 3, 32, 32), torch.arange(2).repeat_interleave(count)
+    for i, label in enumerate(labels.tolist()):
+        long, short = int(torch.randint(16, 26, (), generator=gen)), int(torch.randint(4, 8, (), generator=gen))
+        h, w = (long, short) if label == 0 else (short, long)
+        top, left = int(torch.randint(0, 32 - h, (), generator=gen)), int(torch.randint(0, 32 - w, (), generator=gen))
+        images[i, :, top:top + h, left:left + w] = torch.rand(3, 1, 1, generator=gen) * 1.2 - 1
+    return images, labels
+
+
+def test_the_grey_judge_is_colour_blind_but_sees_shapes():
+    images, labels = _bars(24, seed=0)
+    grey = recognise.train_classifier(images, labels, num_classes=2, steps=80, batch_size=16, view="grey")
+    fresh, truth = _bars(8, seed=1)
+    assert (recognise.predict(grey, fresh) == truth).float().mean() >= 0.9  # outline, whatever the colour
+    # tinted without changing the luminance: another image to the eye and to the colour judge, the same
+    # image to the grey one
+    tint = torch.tensor([0.3, -0.3 * 0.299 / 0.587, 0.0])[:, None, None]
+    tinted = fresh + tint * (fresh < 0.9).all(1, keepdim=True)
+    assert not torch.allclose(tinted, fresh)
+    assert torch.allclose(recognise.greyscale(tinted), recognise.greyscale(fresh), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(grey(tinted), grey(fresh), atol=1e-4)
+    assert recognise.greyscale(torch.ones(1, 3, 4, 4)).eq(1).all()  # white stays white
+    with pytest.raises(ConfigError, match="view must be one of"):
+        recognise.Classifier(2, view="sepia")
+
+
 def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(recognise, "STEPS", 5)
     vq_path, out, args = _tiny_run(tmp_path)
@@ -57,7 +88,10 @@ def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, mo
     assert [(k, v["images"]) for k, v in found["heldout"].items()] == [("0_red", 1), ("1_blue", 1), ("all", 2)]
     assert [(k, v["images"]) for k, v in found["samples"].items()] == [("0_red", 3), ("1_blue", 3), ("all", 6)]
     assert all(0 <= v["share"] <= 1 for part in ("heldout", "samples") for v in found[part].values())
-    assert cached.is_file()
+    assert "training the grey recognition classifier on 8 reconstructed images" in captured.err
+    assert [(k, v["images"]) for k, v in found["grey"]["samples"].items()] == [("0_red", 3), ("1_blue", 3), ("all", 6)]
+    assert found["grey"]["heldout"]["all"]["images"] == 2
+    assert cached.is_file() and (tmp_path / "classifier-grey.pt").is_file()
 
     def untrained(*_, **__):
         raise AssertionError("the cached classifier should have been used")
@@ -65,6 +99,7 @@ def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, mo
     monkeypatch.setattr(recognise, "train_classifier", untrained)
     again = eval_arpg.main(argv)
     assert again["recognised"]["heldout"] == found["heldout"]  # same classifier, same held-out images
+    assert again["recognised"]["grey"] == found["grey"]  # the grey one cached too (same seeds: same samples)
     # new training images: the cache no longer fits, and the classifier is trained again
     (tmp_path / "train" / "0_red" / "0.png").write_bytes((tmp_path / "train" / "1_blue" / "0.png").read_bytes())
     with pytest.raises(AssertionError, match="should have been used"):

@@ -6,7 +6,8 @@ class, over random orders), overall and per class, beside a unigram model of the
 
 One JSON object on stdout. `--recognise N` adds how recognisable the model's images are: a small
 classifier trained on the --train images judges N samples per class (drawn as the sample sheet is)
-beside the held-out images; see `arpg_core.training.recognise`.
+beside the held-out images, and a colour-blind one judges the same in grey (under "grey"); see
+`arpg_core.training.recognise`.
 
 The images are encoded with --tokenizer, the one whose codes the model learned (a decoder-only
 fine-tune encodes the same). Classes are numbered as the --train folder's (sorted sub-folders, as
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--orders", type=int, default=3, help="random orders to average over (default 3)")
     p.add_argument("--recognise", type=int, default=0, metavar="N",
                    help="also classify N samples per class and the held-out images (needs --train)")
-    p.add_argument("--classifier", type=Path, help="where the recognition classifier is kept between runs")
+    p.add_argument("--classifier", type=Path, help="where the recognition classifier is kept between runs "
+                   "(the grey one beside it: X.pt -> X-grey.pt)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.orders < 1:
