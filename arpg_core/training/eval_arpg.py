@@ -37,7 +37,7 @@ from arpg_core.training.train_arpg import tokenize_folder
 
 @torch.no_grad()
 def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = None, orders: int = 3,
-             recognise: int = 0, classifier: Path | None = None) -> dict:
+             recognise: int = 0, classifier: Path | None = None, grey: bool = True) -> dict:
     """Held-out loss averaged over `orders` fixed random orders (seeds 0..orders-1), per class too;
     with `recognise` (needs `train`), the recognition shares of that many samples per class."""
     size = tokenizer.config.image_size
@@ -67,7 +67,7 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
     }
     if recognise:
         result["recognised"] = recognition(model, tokenizer, train_codes, train_set.fingerprint(), (codes, labels),
-                                           recognise, readable, classifier)
+                                           recognise, readable, classifier, grey=grey)
     return result
 
 
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also classify N samples per class and the held-out images (needs --train)")
     p.add_argument("--classifier", type=Path, help="where the recognition classifier is kept between runs "
                    "(the grey one beside it: X.pt -> X-grey.pt)")
+    p.add_argument("--no-grey", action="store_true",
+                   help="with --recognise, the colour judge only (skips training the grey one: a few minutes)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.orders < 1:
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.model).float().eval()
         tokenizer = load_tokenizer(args.tokenizer).float().eval()
         with contextlib.redirect_stdout(sys.stderr):  # notes (unreadable files, training): stdout is the JSON's
-            result = evaluate(model, tokenizer, args.data, args.train, args.orders, args.recognise, args.classifier)
+            result = evaluate(model, tokenizer, args.data, args.train, args.orders, args.recognise, args.classifier,
+                              grey=not args.no_grey)
     except ARPGError as exc:
         raise SystemExit(f"eval_arpg: error: {exc}") from None
     print(json.dumps(result), flush=True)

@@ -6,13 +6,15 @@ two sets, per class: the held-out images, reconstructed the same way (its ceilin
 alike), and images generated as the sample sheet draws them (same seeds, steps and guidance). The
 score is the share taken for the class that was asked for; `eval_arpg --recognise N` reports both.
 
-A second, colour-blind judge does the same on grey images (luminance only). The colour classifier can
-be pleased by a class's typical colours without any of its shapes (at a strong CFG the weak classes
-turn into one stereotyped blob of their colour and the share goes up); the grey one can only go by
-shape, layout and brightness, so a sample has to look like its class in outline to count there.
+A second, colour-blind judge does the same on grey images (BT.601 luma only). The colour classifier
+can be pleased by a class's typical colours without any of its shapes (at a strong CFG the weak
+classes turn into one stereotyped blob of their colour and the share goes up); the grey one cannot
+be pleased by hue, only by outline, layout and brightness (so a stereotyped pale or dark blob can
+still please it).
 
-The classifier is cached at a path of the caller's choosing, keyed by the training images and the
-tokenizer's weights, so comparing checkpoints trains it once.
+The classifier is cached at a path of the caller's choosing (the grey one beside it, x.pt ->
+x-grey.pt), keyed by the training images, the tokenizer's weights and the view, so comparing
+checkpoints trains each once.
 """
 
 from __future__ import annotations
@@ -143,11 +145,13 @@ def recognised(predicted: torch.Tensor, labels: torch.Tensor, names: list[str]) 
 def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tensor], num_classes: int,
                       images_key: str, path: Path | None, log=print, view: str = "colour") -> Classifier:
     """The classifier for the training images (their codes and labels, `images_key` naming them, e.g.
-    the folder's fingerprint), this tokenizer and view: loaded from `path` when it was trained on the
-    same, else trained on their reconstructions (a few minutes, on one thread) and saved there."""
+    the folder's fingerprint), this tokenizer and view: loaded from `path` (for a view other than
+    colour, from the file beside it that `view_path` names) when it was trained on the same, else
+    trained on their reconstructions (a few minutes, on one thread) and saved there."""
     key = f"v{CACHE_VERSION}|{images_key}|{tokenizer.weights_digest()}"
     if view != "colour":  # the colour judge keeps the key it always had, so its caches stay valid
         key += f"|{view}"
+    path = view_path(path, view)
     if path is not None and path.is_file():
         try:
             state = common.load_checkpoint(path)
@@ -159,14 +163,15 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
             model.load_state_dict(state["weights"])
             return model.eval()
         elif state:
-            log(f"{path} was trained on other images or another tokenizer: training it again")
+            log(f"{path} was trained on other images or another tokenizer, or is another view's "
+                "classifier: training it again")
     codes, labels = train
     judge = "recognition classifier" if view == "colour" else f"{view} recognition classifier"
     log(f"training the {judge} on {len(codes)} reconstructed images (one thread) ...")
     with one_thread():  # the same classifier whatever --threads says (a few minutes on one core)
         model = train_classifier(reconstruct(tokenizer, codes), labels, num_classes, steps=STEPS, view=view)
     if path is not None:
-        common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
+        common.save_checkpoint(path, key=key, view=view, num_classes=model.num_classes, width=model.width,
                                weights=model.state_dict())
     return model
 
@@ -180,19 +185,20 @@ def view_path(path: Path | None, view: str) -> Path | None:
 
 def recognition(model: ARPG, tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tensor], train_key: str,
                 heldout: tuple[torch.Tensor, torch.Tensor], per_class: int, names: list[str],
-                classifier_path: Path | None = None, log=print) -> dict:
+                classifier_path: Path | None = None, log=print, grey: bool = True) -> dict:
     """train, heldout: (codes [M, N], labels [M]) of the images, as the loss evaluation encoded them.
     -> {"heldout": per class, "samples": per class, "grey": {"heldout": ..., "samples": ...}}: shares
-    taken for the class asked for, by the colour judge and (under "grey") the colour-blind one, which
-    judge the same samples. The grey judge is cached beside `classifier_path` (see `view_path`)."""
+    taken for the class asked for, by the colour judge and (under "grey", unless `grey` is False) the
+    colour-blind one, which judge the same samples. The grey judge is cached beside `classifier_path`."""
     codes, labels = heldout
     real = reconstruct(tokenizer, codes)
     made = torch.cat([class_samples(model, tokenizer, c, per_class) for c in range(model.config.num_classes)])
     asked = torch.arange(model.config.num_classes).repeat_interleave(per_class)
     judged = {}
-    for view in VIEWS:
-        classifier = cached_classifier(tokenizer, train, model.config.num_classes, train_key,
-                                       view_path(classifier_path, view), log, view=view)
+    for view in VIEWS if grey else ("colour",):
+        classifier = cached_classifier(tokenizer, train, model.config.num_classes, train_key, classifier_path, log,
+                                       view=view)
         judged[view] = {"heldout": recognised(predict(classifier, real), labels, names),
                         "samples": recognised(predict(classifier, made), asked, names)}
-    return {**judged["colour"], "grey": judged["grey"], "samples_per_class": per_class}
+    colour = judged.pop("colour")
+    return {**colour, **judged, "samples_per_class": per_class}
