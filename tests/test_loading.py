@@ -199,6 +199,17 @@ def test_bad_hub_uri():
         arpg_core.load_model("hf://only-owner")
 
 
+def test_the_embedded_files_stay_within_a_spaces_budget():
+    """The issue's budget for the shipped pair: each file under 9.5 MB (a Space takes files below 10 MB
+    without LFS), both under 20 MB; export refuses to write more, and this checks what is committed."""
+    from arpg_core.defaults import EMBEDDED_MODEL, EMBEDDED_TOKENIZER
+    from arpg_core.training.export import MAX_FILE_BYTES, MAX_TOTAL_BYTES
+
+    sizes = [Path(p).stat().st_size for p in (EMBEDDED_MODEL, EMBEDDED_TOKENIZER)]
+    assert MAX_FILE_BYTES == 9_500_000 and MAX_TOTAL_BYTES == 20_000_000
+    assert max(sizes) < MAX_FILE_BYTES and sum(sizes) < MAX_TOTAL_BYTES
+
+
 def test_loading_the_embedded_files_stays_light():
     """Building on the meta device must not run value initialisers there: their first call imports
     torch._dynamo, which cost ~2 s of the 2 s load budget. On a real device the weights are initialised."""

@@ -7,6 +7,7 @@ from PIL import Image
 import arpg_core
 from arpg_core.loading import read_metadata
 from arpg_core.training import common, grow
+from arpg_core.training import export as export_module
 from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
 from tests.test_training_vq import StopAfter, _make_folder
@@ -172,7 +173,7 @@ def test_augment_encodes_shrunk_and_shifted_copies(tmp_path):
         main(args + "--steps 3 --augment 17".split())
 
 
-def test_a_refused_export_leaves_the_assets_alone(tmp_path):
+def test_a_refused_export_leaves_the_assets_alone(tmp_path, monkeypatch):
     vq_path, out, args = _tiny_run(tmp_path)
     assets = tmp_path / "assets"
     assets.mkdir()
@@ -182,6 +183,17 @@ def test_a_refused_export_leaves_the_assets_alone(tmp_path):
     path = arpg_core.save_checkpoint(wrong, tmp_path / "wrong.safetensors")
     with pytest.raises(arpg_core.ARPGError, match="vocab"):
         export(str(vq_path), str(path), assets)
+    assert (assets / "arpg_emoji.safetensors").read_bytes() == b"shipped" and len(list(assets.iterdir())) == 1
+    main(args + "--steps 1 --threads 1".split())  # a pair that exports, refused only for its size
+    trained = str(out / "arpg.safetensors")
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "MAX_FILE_BYTES", 1000)
+        with pytest.raises(arpg_core.CheckpointError, match="files over 0.001 MB: .*is unchanged"):
+            export(str(vq_path), trained, assets, per_class=1)
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "MAX_TOTAL_BYTES", 1000)
+        with pytest.raises(arpg_core.CheckpointError, match="the files add up to .* MB, over 0.001 MB"):
+            export(str(vq_path), trained, assets, per_class=1)
     assert (assets / "arpg_emoji.safetensors").read_bytes() == b"shipped" and len(list(assets.iterdir())) == 1
 
 
