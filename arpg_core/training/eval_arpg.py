@@ -39,7 +39,8 @@ from arpg_core.training.train_arpg import tokenize_folder
 def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = None, orders: int = 3,
              recognise: int = 0, classifier: Path | None = None, grey: bool = True) -> dict:
     """Held-out loss averaged over `orders` fixed random orders (seeds 0..orders-1), per class too;
-    with `recognise` (needs `train`), the recognition shares of that many samples per class."""
+    with `recognise` (needs `train`), the recognition shares of that many samples per class, by the
+    colour judge and, unless `grey` is False, the colour-blind one too (a second classifier to train)."""
     size = tokenizer.config.image_size
     train_set = ImageFolderDataset(train, size) if train else None
     heldout = ImageFolderDataset(data, size, classes=train_set.class_names if train_set else None)
