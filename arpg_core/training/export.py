@@ -63,8 +63,9 @@ def export(vq_source: str, arpg_source: str, assets: Path, per_class: int = 8,
         too_big = {n: s for n, s in sizes.items() if s > MAX_FILE_BYTES}
         if too_big:
             raise CheckpointError(f"files over {MAX_FILE_BYTES / 1e6:g} MB: {too_big}; {assets} is unchanged")
-        if sum(sizes.values()) > MAX_TOTAL_BYTES:
-            raise CheckpointError(f"the files add up to {sum(sizes.values()) / 1e6:.2f} MB, over "
+        total = sum(sizes.values())
+        if total > MAX_TOTAL_BYTES:
+            raise CheckpointError(f"the files add up to {total / 1e6:.2f} MB, over "
                                   f"{MAX_TOTAL_BYTES / 1e6:g} MB; {assets} is unchanged")
         model = load_model(files["arpg_emoji.safetensors"])  # the sheet shows the weights as shipped
         files["samples_emoji.png"] = sample_sheet(model, tokenizer, tmp / "samples_emoji.png", per_class=per_class)

@@ -171,7 +171,7 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
     with one_thread():  # the same classifier whatever --threads says (a few minutes on one core)
         model = train_classifier(reconstruct(tokenizer, codes), labels, num_classes, steps=STEPS, view=view)
     if path is not None:
-        common.save_checkpoint(path, key=key, view=view, num_classes=model.num_classes, width=model.width,
+        common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
                                weights=model.state_dict())
     return model
 
