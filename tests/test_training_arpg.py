@@ -76,7 +76,7 @@ def test_any_class_count_trains_with_a_preset(tmp_path):
     assert model.config.num_classes == 3 and model.class_names == ["0_red", "1_blue", "2_green"]
 
 
-def test_cache_follows_the_data_and_resume_checks_the_tokenizer(tmp_path):
+def test_cache_follows_the_data_and_resume_checks_the_codes(tmp_path):
     vq_path, out, args = _tiny_run(tmp_path)
     main(args + "--steps 1 --threads 1".split())
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "train" / "1_blue" / "new.png")
@@ -88,10 +88,16 @@ def test_cache_follows_the_data_and_resume_checks_the_tokenizer(tmp_path):
     swapped = [str(other) if a == str(vq_path) else a for a in args]
     with pytest.raises(SystemExit, match="codes of another tokenizer"):
         main(swapped + "--steps 3 --threads 1".split())
+    tuned = arpg_core.load_tokenizer(vq_path)  # a decoder-only fine-tune: other bytes, the same codes
+    with torch.no_grad():
+        next(tuned.decoder.parameters()).add_(0.1)
+    tuned_path = arpg_core.save_checkpoint(tuned, tmp_path / "tuned.safetensors")
+    main([str(tuned_path) if a == str(vq_path) else a for a in args] + "--steps 3 --threads 1".split())
+    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 3
     (tmp_path / "train" / "2_green").mkdir()
     Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "train" / "2_green" / "0.png")
     with pytest.raises(SystemExit, match=r"other classes \(added: 2_green\)"):
-        main(args + "--steps 3 --threads 1".split())
+        main(args + "--steps 4 --threads 1".split())
 
 
 def test_init_starts_a_new_run_from_exported_weights(tmp_path, capsys):

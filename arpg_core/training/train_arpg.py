@@ -250,16 +250,21 @@ def saved_state(args) -> dict | None:
     return None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
 
 
-def check_resume(state: dict | None, ckpt: Path, tokenizer_digest: str, folders: list[str] | None = None) -> None:
-    """A resumed run must see the tokenizer (and class folders) it began with: other codes or labels
-    would silently mean something else to the weights."""
+def check_resume(state: dict | None, ckpt: Path, tokenizer: VQModel, tokenizer_digest: str,
+                 folders: list[str] | None = None) -> None:
+    """A resumed run must see the codes (and class folders) it began with: other codes or labels would
+    silently mean something else to the weights. The codes are compared by what decides them (so a
+    decoder-only fine-tune of the tokenizer passes, as it does for --init and export); checkpoints
+    written before that record was kept are compared by the tokenizer file's bytes."""
     if state is None:
         return
     hint = "Use another --out, or --fresh to start over."
-    before = state.get("tokenizer_digest")
-    if before is not None and before != tokenizer_digest:
+    before, now = state.get("tokenizer_codes"), tokenizer.codes_digest()
+    if before is None:
+        before, now = state.get("tokenizer_digest"), tokenizer_digest
+    if before is not None and before != now:
         raise ConfigError(f"{ckpt} was trained on the codes of another tokenizer (sha256 {before}..., this one "
-                          f"{tokenizer_digest}...). {hint}")
+                          f"{now}...). {hint}")
     was = state.get("class_folders")
     if folders is not None and was is not None and was != folders:
         added, removed = sorted(set(folders) - set(was)), sorted(set(was) - set(folders))
@@ -346,7 +351,7 @@ def train(args: argparse.Namespace) -> int:
     digest = file_digest(tok_path)
     state = saved_state(args)
     # refusals before the time spent encoding the folder
-    check_resume(state, args.out / common.CHECKPOINT_NAME, digest)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, tokenizer, digest)
     if state:
         common.check_steps_left(int(state["step"]), args.steps, args.out / common.CHECKPOINT_NAME)
         if args.init:
@@ -358,13 +363,13 @@ def train(args: argparse.Namespace) -> int:
     val_dir = common.held_out_folder(args.data, args.val_data)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
                                                  augment=args.augment, data=listed)
-    check_resume(state, args.out / common.CHECKPOINT_NAME, digest, folders)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, tokenizer, digest, folders)
     val = None
     if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
-    run_id = {"tokenizer_digest": digest, "class_folders": folders}
+    run_id = {"tokenizer_digest": digest, "tokenizer_codes": tokenizer.codes_digest(), "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
                                         tokenizer.config.grid_size, init)
     del init  # its weights are in the model now
