@@ -327,7 +327,7 @@ class Studio:
             return gr.skip(), gr.skip()
         step = min(max(int(step), 0), run.num_steps)
         pipeline = self.cache.renderer(run.model)
-        image = pipeline.render(run.tokens[step], run.positions[step], run.scale)
+        image = pipeline.render(run.tokens[step].long(), run.positions[step], run.scale)
         return image, counter_html(step, run.num_steps, "replay")
 
     @user_errors

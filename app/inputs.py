@@ -27,12 +27,14 @@ from arpg_core.imageio import MAX_PIXELS
 
 NOT_AN_IMAGE = "The upload is not an image this app can read (use PNG, JPEG, WebP, GIF or BMP)."
 CORRUPT = "The image is corrupt or truncated; please upload it again or use another file."
+TOO_LARGE = f"The image is too large; the limit is {MAX_PIXELS:,} pixels."
 EXPIRED = "The image is no longer on the server (uploads are kept for an hour); please upload it again."
 CANVAS_GONE = ("The painted canvas is no longer on the server (it is kept for an hour); paint a stroke "
                "again, then run.")
 CANVASES_PER_SESSION = 2  # the one a run may be about to read, and the newest
 CANVAS_TTL_S = 3600  # a canvas untouched this long is forgotten (a closed tab's; Gradio keeps its State as long)
 CANVAS_MAX_BYTES = 1024 * 2**20  # all sessions' canvases together; the oldest go first
+MAX_LAYERS = 16  # brush layers per canvas: an upload naming a higher index is dropped
 _CANVAS_LOCK = threading.Lock()  # module-level: a lock on the component would break Gradio's deep copies
 
 
@@ -51,7 +53,7 @@ def check_header(source) -> None:
     except UnidentifiedImageError:
         raise gr.Error(NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise gr.Error(f"The image is too large; the limit is {MAX_PIXELS:,} pixels.") from None
+        raise gr.Error(TOO_LARGE) from None
     except (OSError, SyntaxError, ValueError):
         raise gr.Error(CORRUPT) from None
     if width * height > MAX_PIXELS:
@@ -67,8 +69,17 @@ def _decoded(preprocess, payload):
         raise gr.Error(EXPIRED) from None
     except UnidentifiedImageError:
         raise gr.Error(NOT_AN_IMAGE) from None
+    except Image.DecompressionBombError:  # not an OSError: Pillow's own cap, passed by a layer
+        raise gr.Error(TOO_LARGE) from None
     except (OSError, SyntaxError, ValueError):
         raise gr.Error(CORRUPT) from None
+
+
+def check_parts(background, layers, composite) -> None:
+    """Every part of an editor value (paths or bytes) against the pixel cap, before Gradio decodes
+    them all: a layer or composite is as able to be a decompression bomb as the background."""
+    for part in (background, composite, *(layers or [])):
+        check_header(part)
 
 
 def _path(file) -> str | None:
@@ -95,7 +106,12 @@ class SafeImageEditor(gr.ImageEditor):
         session keeps its CANVASES_PER_SESSION latest canvases; canvases not touched for CANVAS_TTL_S
         (a closed tab's), or beyond CANVAS_MAX_BYTES in all, are forgotten, oldest first."""
         kind, key, raw = data.data["type"], data.data["id"], data.data.get("index")
-        index = int(raw) if raw not in (None, "", "null") else None
+        try:
+            index = int(raw) if raw not in (None, "", "null") else None
+        except (TypeError, ValueError):
+            return
+        if kind == "layer" and (index is None or not 0 <= index < MAX_LAYERS):
+            return  # the editor numbers its few layers from 0; anything else would only cost memory
         file = data.files[0][1]
         now = time.monotonic()
         with _CANVAS_LOCK:
@@ -139,8 +155,9 @@ class SafeImageEditor(gr.ImageEditor):
     def preprocess(self, payload):
         if payload is None:
             return None
-        if payload.id is None:  # an API client or a value set by the server: a path
-            check_header(_path(payload.background))
+        if payload.id is None:  # an API client or a value set by the server: paths
+            check_parts(_path(payload.background), [_path(layer) for layer in payload.layers or []],
+                        _path(payload.composite))
             return _decoded(super().preprocess, payload)
         # The browser's canvas, stored under an id: taken out of the store under the lock (a cleanup
         # running meanwhile must not remove it halfway through Gradio's preprocess) and handed to
@@ -153,7 +170,7 @@ class SafeImageEditor(gr.ImageEditor):
             private = f"run:{payload.id}"
             self.blob_storage[private] = cached
         try:
-            check_header(cached.background)
+            check_parts(cached.background, cached.layers, cached.composite)
             return _decoded(super().preprocess, payload.model_copy(update={"id": private}))
         finally:
             self.blob_storage.pop(private, None)

@@ -28,7 +28,7 @@ class Run:
 
     model: str
     scale: int
-    tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] per step, UNKNOWN = pending
+    tokens: list[torch.Tensor] = field(default_factory=list)  # [B, h, w] int16 per step, UNKNOWN = pending
     positions: list[torch.Tensor | None] = field(default_factory=list)  # [B, n] decoded at that step
     step_map: torch.Tensor | None = None  # [B, h, w] of the last frame
     total: int = 0  # the steps the run was to take
@@ -54,7 +54,9 @@ class Run:
     def add(self, frame: Frame) -> None:
         if len(self.tokens) > frame.step:  # the same step again (results delivered after an early end)
             del self.tokens[frame.step :], self.positions[frame.step :]
-        self.tokens.append(frame.tokens)
+        # int16 holds every code of a 16,384-entry codebook and UNKNOWN, at a quarter of int64: a State
+        # Gradio keeps an hour after its tab closes holds every step of a 48x48 canvas
+        self.tokens.append(frame.tokens.to(torch.int16) if frame.tokens.max() < 2**15 else frame.tokens)
         self.positions.append(frame.positions)
         self.step_map = frame.step_map
         self.total, self.done = frame.num_steps, frame.done

@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
+    from arpg_core.cli import CLIError, check_device
+
+    try:
+        check_device(args.device)
+    except CLIError as exc:  # --device cuda on a CPU-only torch: a usage message, not a traceback
+        parser.error(str(exc))
     for row in run(args.quick, args.device, getattr(torch, args.dtype)):
         print(json.dumps(row), flush=True)
 

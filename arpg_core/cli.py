@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from PIL import Image
 from arpg_core.defaults import default_model_source, default_tokenizer_source
 from arpg_core.distributed import Distributed
 from arpg_core.errors import ARPGError
-from arpg_core.imageio import ImageInputError, open_image
+from arpg_core.imageio import ImageInputError, open_image, open_mask
 from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.pipeline import MAX_CANVAS_CELLS, Pipeline, run_to_end
 from arpg_core.sampling.options import SamplingOptions
@@ -97,15 +98,18 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     if text.strip().lower() == "all":
         return list(range(num_classes))
     out = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise CLIError(f"--classes must look like 'all', '3', '0,2,5' or '0-9', got {text!r}") from None
-    bad = [c for c in out if not 0 <= c < num_classes]
-    if bad or not out:
-        raise CLIError(f"class(es) {bad or text} out of range: this model has classes 0..{num_classes - 1}")
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            ends = [int(lo), int(hi)] if hi else [int(lo)]
+        except ValueError:
+            raise CLIError(f"--classes must look like 'all', '3', '0,2,5' or '0-9', got {text!r}") from None
+        bad = [c for c in ends if not 0 <= c < num_classes]
+        if bad:  # checked before a range is built: 0-1000000000 must not fill the memory first
+            raise CLIError(f"class(es) {bad} out of range: this model has classes 0..{num_classes - 1}")
+        out.extend(range(ends[0], ends[-1] + 1))
+    if not out:
+        raise CLIError(f"--classes {text!r} names no class (a range runs low-high)")
     return out
 
 
@@ -120,12 +124,16 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+TMP_SUFFIX = ".part"
+
+
 def save_image(image: Image.Image, path: Path) -> None:
     """Write then rename, so a crash never leaves a half-written file that a rerun would skip. The
-    format follows the name's extension (.png, .jpg, .webp ...)."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    format follows the name's extension (.png, .jpg, .webp ...). The file being written is hidden and
+    does not end in the image's extension, so tools that collect *.png never see it."""
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     try:
-        image.save(tmp)
+        image.save(tmp, format=writable_formats().get(path.suffix.lower()))
     except (OSError, KeyError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         raise CLIError(f"cannot write {path}: {exc}") from None
@@ -156,6 +164,11 @@ def cmd_sample(args) -> None:
         pipe = load_pipeline(args, device=dist.device(args.device))
         labels = [c for c in parse_classes(args.classes, len(pipe.class_names)) for _ in range(args.per_class)]
         opts = sampling_options(args)
+        check_run_record(out, run_record(args, pipe, labels, opts), write=dist.is_main)
+        if dist.is_main:
+            for stale in out.glob(f".*.png{TMP_SUFFIX}"):  # a killed run's half-written image
+                stale.unlink(missing_ok=True)
+        dist.barrier()  # the record is written before any rank adds an image
         mine = [i for i in range(len(labels)) if i % dist.world == dist.rank]
         todo = [i for i in mine if not (out / f"{i:06d}.png").exists()]
         bar = dist.progress(total=len(labels), initial=len(labels) - len(todo) * dist.world, desc="sampling")
@@ -174,6 +187,41 @@ def cmd_sample(args) -> None:
             print(f"wrote {len(labels)} images and {npz} ({len(labels)} x {size} x {size} x 3 uint8)")
 
 
+RUN_RECORD = "sample-run.json"
+
+
+def run_record(args, pipe: Pipeline, labels: list[int], opts: SamplingOptions) -> dict:
+    """What decides the images of a `sample` run: a rerun into the same --out must match it."""
+    record = {"model": str(args.model or default_model_source()), "model_config": pipe.model.config.to_dict(),
+              "tokenizer": str(args.tokenizer or default_tokenizer_source()),
+              "dtype": str(next(pipe.model.parameters()).dtype), "labels": labels, "seed": args.seed,
+              "options": opts.to_dict()}
+    return json.loads(json.dumps(record, default=str))  # as it reads back: tuples become lists
+
+
+def check_run_record(out: Path, record: dict, write: bool) -> None:
+    """A rerun skips the images already in `out`; that is only right for the same settings. The first
+    run writes its record there; a later run with other settings is refused instead of mixing in."""
+    path = out / RUN_RECORD
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != record:
+            changed = sorted(k for k in record if not isinstance(before, dict) or before.get(k) != record[k])
+            raise CLIError(f"{out} holds images of a sample run with other settings ({', '.join(changed)} "
+                           f"differ); a rerun only fills in missing images. Use another --out, or empty it.")
+        return
+    if any(out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+        raise CLIError(f"{out} already holds numbered images of unknown settings (no {RUN_RECORD}); use another "
+                       f"--out, or empty it")
+    if write:
+        tmp = out / f".{RUN_RECORD}{TMP_SUFFIX}"
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+
+
 def write_npz(out: Path, count: int) -> Path:
     """The layout the ADM / guided-diffusion FID evaluator reads: arr_0, uint8 [N, H, W, 3]."""
     missing = [i for i in range(count) if not (out / f"{i:06d}.png").exists()]
@@ -183,7 +231,11 @@ def write_npz(out: Path, count: int) -> Path:
     first = np.asarray(Image.open(out / f"{0:06d}.png").convert("RGB"))
     arr = np.empty((count, *first.shape), np.uint8)  # one copy in memory: 50k ImageNet samples are 9.8 GB
     for i in range(count):
-        arr[i] = first if i == 0 else np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB"))
+        image = first if i == 0 else np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB"))
+        if image.shape != first.shape:
+            raise CLIError(f"{out / f'{i:06d}.png'} is {image.shape[1]}x{image.shape[0]}, the others "
+                           f"{first.shape[1]}x{first.shape[0]}: the folder mixes runs")
+        arr[i] = image
     path = out / f"samples_{count}.npz"
     np.savez(path, arr_0=arr)
     return path
@@ -198,16 +250,10 @@ def read_image(path: str) -> Image.Image:
 
 
 def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    """White = regenerate. For a mask with transparency (a layer painted on a clear canvas), opaque =
-    regenerate; a fully opaque RGBA/LA file is read by its brightness like any other."""
+    """White = regenerate; for a mask with transparency, opaque = regenerate (see open_mask)."""
     try:
-        with Image.open(path) as im:
-            alpha = np.asarray(im.getchannel("A")) if im.mode in ("RGBA", "LA", "PA") else None
-            if alpha is not None and alpha.min() < 255:
-                mask = alpha > 127
-            else:
-                mask = np.asarray(im.convert("L")) > 127
-    except (OSError, ValueError) as exc:  # missing, unreadable, not an image
+        mask = open_mask(Path(path))
+    except ImageInputError as exc:  # missing, unreadable, not an image, too large
         raise CLIError(f"cannot read mask {path}: {exc}") from None
     if mask.shape != (size[1], size[0]):
         raise CLIError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
@@ -286,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="class-conditional samples as PNGs plus an FID .npz",
                        description="Sample images per class. Image i (global index) uses seed + i, so the "
                        "images do not depend on the number of processes (byte for byte with --batch-size 1; "
-                       "larger batches round differently); finished PNGs are skipped on a rerun.")
+                       "larger batches round differently); finished PNGs are skipped on a rerun with the same settings.")
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--classes", default="all", help="'all', '3', '0,2,5', '0-9' (default: all)")

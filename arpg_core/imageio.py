@@ -24,7 +24,7 @@ def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels
     """Any common image -> RGB PIL image, EXIF rotation applied, transparency over white. `draft`: a
     JPEG may be decoded at a reduced scale whose shorter side is still at least this many pixels."""
     if isinstance(source, np.ndarray):
-        source = Image.fromarray(_to_uint8(source))
+        source = _from_array(source)
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -33,8 +33,34 @@ def open_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels
         raise ImageInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
     if image.width < 1 or image.height < 1:
         raise ImageInputError("image is empty")
-    image = ImageOps.exif_transpose(image)
-    return _to_rgb(image)
+    try:  # a PIL image passed in may still be lazily opened: its decoding errors are the upload's
+        return _to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"the image is corrupt or truncated: {exc}") from None
+
+
+def open_mask(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A mask file -> bool [H, W], True = regenerate, EXIF rotation applied as `open_image` applies
+    it to the picture. White = regenerate; for a mask with transparency (strokes on a clear layer,
+    in any mode: RGBA, LA, a palette or a colour key), opaque = regenerate. A file with an alpha
+    channel that is opaque everywhere is read by its brightness like any other."""
+    image = ImageOps.exif_transpose(_decode(source, max_pixels))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            return alpha > 127
+    return np.asarray(_to_rgb(image).convert("L")) > 127
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] pixels -> PIL; other shapes are refused."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ImageInputError(f"an image array is [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got {list(array.shape)}")
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ImageInputError(f"an image array holds numbers; got {array.dtype}")
+    return Image.fromarray(_to_uint8(array.astype(np.uint8) if array.dtype == bool else array))
 
 
 def _decode(source, max_pixels: int, draft: int | None = None) -> Image.Image:
@@ -64,8 +90,9 @@ def _decode(source, max_pixels: int, draft: int | None = None) -> Image.Image:
 def _to_uint8(array: np.ndarray, float_levels: bool = False) -> np.ndarray:
     """A float or wide-integer image -> uint8. Floats are fractions in [0, 1] (clipped: a resized array
     may overshoot a little), except with `float_levels` (a PIL "F" image: converting "L" to "F" keeps
-    0-255 levels) when they go above 1. Integers up to 255 are 8-bit levels (Pillow's own "L" -> "I;16"
-    keeps them so), larger ones 16-bit: a 16-bit image with no value above 255 is black either way."""
+    0-255 levels) when they go above 1. Integers are 8-bit levels when none is above 255 (Pillow's own
+    "L" -> "I;16" keeps them so), else 16-bit: so a 16-bit image whose values all stay at or under 255,
+    nearly black as 16-bit, is read as 8-bit levels instead."""
     if array.dtype == np.uint8:
         return array
     is_float = np.issubdtype(array.dtype, np.floating)
@@ -83,7 +110,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True))
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:  # RGBa: premultiplied
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -69,6 +69,8 @@ def _hub_file(uri: str) -> Path:
     except (hub_errors.RepositoryNotFoundError, hub_errors.EntryNotFoundError,
             hub_errors.RevisionNotFoundError) as exc:
         raise HubUnavailableError(f"the hub has no {filename} in {repo_id}: {exc}") from None
+    except hub_errors.HFValidationError as exc:  # "my org/repo", "a--b/c": not a valid repo name
+        raise CheckpointError(f"{uri!r} does not name a hub repository: {exc}") from None
     except (OSError, hub_errors.HfHubHTTPError) as exc:
         raise HubUnavailableError(f"could not fetch {uri}: {exc}") from None
 
@@ -234,9 +236,10 @@ def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) ->
 def _load(source, config, kind: str, dtype, device):
     path = resolve_source(source)
     sd, meta = read_checkpoint(path)
-    if meta.get("format") == FORMAT and meta.get("kind") != kind:
+    ours = meta.get("format") == FORMAT  # another program's metadata is not read as ours
+    if ours and meta.get("kind") != kind:
         raise CheckpointError(f"{path.name} holds a {meta.get('kind')} checkpoint, not a {kind}")
-    layout = meta.get("storage") if meta.get("format") == FORMAT else None
+    layout = meta.get("storage") if ours else None
     if layout == INT8_LAYOUT:
         sd = dequantize_int8(sd, path.name)
     elif layout is not None:
@@ -245,15 +248,29 @@ def _load(source, config, kind: str, dtype, device):
     cfg_cls, infer = (ARPGConfig, infer_arpg_config) if kind == "arpg" else (VQConfig, infer_vq_config)
     if config is not None:
         cfg = cfg_cls.resolve(config)
-    elif "config" in meta:
-        cfg = cfg_cls.from_dict(json.loads(meta["config"]))
+    elif ours and "config" in meta:
+        cfg = cfg_cls.from_dict(_metadata_json(meta, "config", dict, path.name))
     else:
         cfg = infer(sd)
     module = (build_model if kind == "arpg" else build_tokenizer)(cfg, device="meta")
     _load_strict(module, sd, path.name)
     module = module.to(device=device, dtype=dtype)
-    module.class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    names = _metadata_json(meta, "class_names", list, path.name) if ours and "class_names" in meta else None
+    if names is not None and not all(isinstance(n, str) for n in names):
+        raise CorruptCheckpointError(f"{path.name}: its class names are not all text")
+    module.class_names = names
     return module.eval().requires_grad_(False)
+
+
+def _metadata_json(meta: dict[str, str], key: str, kind: type, name: str):
+    """One JSON field of our metadata, of the expected type, or CorruptCheckpointError."""
+    try:
+        value = json.loads(meta[key])
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, kind):
+        raise CorruptCheckpointError(f"{name}: its {key} metadata is not valid ({kind.__name__} as JSON expected)")
+    return value
 
 
 def load_model(source: str | Path, config: str | dict | ARPGConfig | None = None, *,

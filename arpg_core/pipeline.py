@@ -28,7 +28,7 @@ from arpg_core.sampling.editing import (
     padding,
     sample_windowed,
 )
-from arpg_core.sampling.options import SamplingOptions
+from arpg_core.sampling.options import SamplingOptions, is_whole
 from arpg_core.sampling.sampler import UNKNOWN, sample_steps, seeded
 from arpg_core.tokenizer.vq import VQModel
 
@@ -214,7 +214,12 @@ class Pipeline:
         seeds = seeds if seeds is not None else [seed + i for i in range(len(labels))]
         if len(seeds) != len(labels):
             raise SamplingError(f"{len(seeds)} seeds for {len(labels)} images")
-        grid = grid or (self.grid, self.grid)
+        if grid is None:
+            grid = (self.grid, self.grid)
+        elif len(grid) != 2 or not all(is_whole(g) and g >= 1 for g in grid):
+            raise SamplingError(f"grid must be two whole numbers >= 1 (rows, cols), got {grid!r}")
+        grid = (int(grid[0]), int(grid[1]))
+        self._check_grid(*grid)
         canvas = Canvas(torch.full(grid, UNKNOWN), torch.zeros(grid, dtype=torch.bool))
         events = self._sample(canvas, labels, seeds, options or SamplingOptions(), windowed=False)
         start = torch.full((len(labels), *grid), UNKNOWN)
@@ -222,7 +227,9 @@ class Pipeline:
 
     def inpaint(self, image, mask: np.ndarray, label: int | None, seed: int = 0,
                 options: SamplingOptions | None = None, feather: int | None = None) -> Iterator[Frame]:
-        """Regenerate the masked pixels (mask [H, W] bool, True = change); the rest stays as given."""
+        """Regenerate the masked pixels (mask [H, W] bool, True = change). The rest stays as given,
+        except a rim of `feather` pixels (default: half a token cell, at least 2) just outside the mask, which is
+        blended from the result into the original so the seam does not show."""
         image = open_image(image)
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (image.height, image.width):

@@ -68,6 +68,20 @@ def test_the_parts_of_a_canvas_are_merged_and_a_run_reads_them():
         editor.preprocess(_submitted("stroke2"))
 
 
+def test_a_layer_is_checked_like_the_background(monkeypatch):
+    """A layer or composite can be a decompression bomb as well as the background; a layer index past
+    the editor's few layers would allocate a list that long."""
+    editor = SafeImageEditor(type="pil", image_mode="RGBA")
+    editor.accept_blobs(_part("huge", "layer", _png((0, 0, 0, 200)), index=10**9))
+    editor.accept_blobs(_part("huge", "layer", _png((0, 0, 0, 200)), index="x"))
+    assert "huge" not in editor.blob_storage
+    editor.accept_blobs(_part("big", "background", _png((255, 0, 0, 255), size=(4, 4))))
+    editor.accept_blobs(_part("big", "layer", _png((0, 0, 0, 200), size=(8, 8)), index=0))
+    monkeypatch.setattr(inputs, "MAX_PIXELS", 32)  # the 4x4 background passes, the 8x8 layer does not
+    with pytest.raises(gr.Error, match="8×8; the limit is 32 pixels"):
+        editor.preprocess(_submitted("big"))
+
+
 def test_old_canvases_are_forgotten(monkeypatch):
     editor = SafeImageEditor(type="pil", image_mode="RGBA")
     clock = [1000.0]

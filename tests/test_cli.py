@@ -170,6 +170,65 @@ def test_mask_files_read_as_painted(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(CLIError, match="cannot read mask"):
         read_mask(str(tmp_path / "text.png"), (8, 8))
+    # an indexed PNG whose index 0 is clear: red strokes on it once read as nothing, black ones as everything else
+    for stroke in ((200, 40, 40), (0, 0, 0)):
+        pal = Image.new("P", (8, 8), 0)
+        pal.putpalette([255, 255, 255, *stroke] + [0] * 762)
+        pal.info["transparency"] = 0
+        pal.paste(1, (1, 5, 3, 7))
+        pal.save(tmp_path / "pal.png", transparency=0)
+        assert np.argwhere(read_mask(str(tmp_path / "pal.png"), (8, 8))).tolist() == [[5, 1], [5, 2], [6, 1], [6, 2]]
+    # EXIF orientation 6 (stored 4x8, shown 8x4): turned as the picture is, so it lines up with it
+    stored = np.zeros((8, 4), np.uint8)
+    stored[0, 0] = 255  # top-left as stored: top-right once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    turned = read_mask(str(tmp_path / "turned.jpg"), (8, 4))
+    assert turned.shape == (4, 8) and turned[0, 7] and not turned[0, 0]
+    with pytest.raises(CLIError, match="turned.jpg is 8x4 but the image is 8x8"):
+        read_mask(str(tmp_path / "turned.jpg"), (8, 8))
+
+
+def test_class_ranges_are_checked_before_they_are_built():
+    from arpg_core.cli import CLIError, parse_classes
+
+    assert parse_classes("0-2,5", 9) == [0, 1, 2, 5]
+    with pytest.raises(CLIError, match=r"\[1000000000\] out of range"):
+        parse_classes("0-1000000000", 9)  # once a list of a billion numbers first
+    with pytest.raises(CLIError, match="names no class"):
+        parse_classes("5-2", 9)
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+    """A rerun fills in the images a run left out; with other classes, seed or options it would mix two
+    runs into one folder (and one .npz) without a word."""
+    out = tmp_path / "run"
+    arpg("sample", "--classes", "0", "--per-class", "2", *FAST, "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "sample-run.json", "samples_2.npz"]
+    again = arpg("sample", "--classes", "1", "--per-class", "2", "--seed", "3", *FAST, "--out", str(out), check=False)
+    assert again.returncode != 0 and "labels, seed differ" in again.stderr and "Traceback" not in again.stderr
+    (out / "sample-run.json").unlink()  # a folder of numbered images from unknown settings
+    unknown = arpg("sample", "--classes", "0", "--per-class", "2", *FAST, "--out", str(out), check=False)
+    assert unknown.returncode != 0 and "unknown settings" in unknown.stderr
+
+
+def test_images_are_written_under_a_hidden_name_first(tmp_path):
+    from arpg_core.cli import save_image
+
+    seen = []
+    real_save = Image.Image.save
+
+    def spy(image, fp, *args, **kwargs):
+        seen.append(Path(fp).name)
+        return real_save(image, fp, *args, **kwargs)
+
+    Image.Image.save = spy
+    try:
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "000003.png")
+    finally:
+        Image.Image.save = real_save
+    assert seen == [".000003.png.part"] and pngs(tmp_path) == ["000003.png"]
 
 
 def test_npz_names_missing_images(tmp_path):
@@ -177,6 +236,9 @@ def test_npz_names_missing_images(tmp_path):
 
     Image.new("RGB", (4, 4)).save(tmp_path / "000000.png")
     with pytest.raises(CLIError, match="1 of the 2 images .* share"):
+        write_npz(tmp_path, 2)
+    Image.new("RGB", (8, 8)).save(tmp_path / "000001.png")
+    with pytest.raises(CLIError, match="000001.png is 8x8, the others 4x4"):
         write_npz(tmp_path, 2)
 
 

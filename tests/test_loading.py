@@ -197,6 +197,31 @@ def test_hf_source_resolves_from_local_cache_offline(tmp_path):
 def test_bad_hub_uri():
     with pytest.raises(arpg_core.CheckpointError, match="hf://owner/repo/filename"):
         arpg_core.load_model("hf://only-owner")
+    for uri in ("hf://my org/repo/x.pt", "hf://a--b/c/x.pt"):  # the hub's own ValueError, once a traceback
+        with pytest.raises(arpg_core.CheckpointError, match="does not name a hub repository"):
+            arpg_core.load_model(uri)
+
+
+def test_metadata_is_read_only_from_our_own_files(tmp_path):
+    """Another program's safetensors may carry a "config" or "class_names" of its own: the shapes decide
+    then. Our own file with broken metadata is a typed error, not a JSON traceback."""
+    from safetensors.torch import load_file, save_file
+
+    _, model = published_file(tmp_path)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, tmp_path / "foreign.safetensors", metadata={"config": '{"depth": 3}', "class_names": "[1, 2]"})
+    loaded = arpg_core.load_model(tmp_path / "foreign.safetensors")
+    assert loaded.config.n_layer == SMALL["n_layer"] and loaded.class_names is None
+    ours = arpg_core.save_checkpoint(model, tmp_path / "ours.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(ours), framework="pt") as f:
+        meta = f.metadata()
+    for key, bad, says in (("config", "{not json", "config metadata"), ("config", "[1, 2]", "config metadata"),
+                           ("class_names", '"cats"', "class_names metadata"), ("class_names", "[1]", "not all text")):
+        save_file(load_file(ours), tmp_path / "bad.safetensors", metadata={**meta, key: bad})
+        with pytest.raises(CorruptCheckpointError, match=says):
+            arpg_core.load_model(tmp_path / "bad.safetensors")
 
 
 def test_the_embedded_files_stay_within_a_spaces_budget():

@@ -175,6 +175,21 @@ def test_open_image_refuses_bad_input():
         open_image(encoded(picture(), "PNG")[:200])
     with pytest.raises(ImageInputError, match="limit"):
         open_image(encoded(Image.new("RGB", (300, 300))), max_pixels=10_000)
+    lazy = Image.open(io.BytesIO(encoded(picture(), "PNG")[:200]))  # opened, not yet decoded
+    with pytest.raises(ImageInputError, match="corrupt or truncated"):
+        open_image(lazy)
+    assert open_image(np.zeros((4, 8, 1), np.uint8)).size == (8, 4)  # one channel as a trailing axis
+    for shape in ((4, 8, 5), (4,), (2, 4, 8, 3)):
+        with pytest.raises(ImageInputError, match=r"\[H, W\]"):
+            open_image(np.zeros(shape, np.uint8))
+    premultiplied = Image.new("RGBa", (4, 4), (0, 0, 0, 0))  # how Pillow opens a TIFF with associated alpha
+    assert np.asarray(open_image(premultiplied))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_generate_refuses_odd_grids(pipe):
+    for grid in ((-1, 4), (0, 4), (4.5, 4), ("4", 4), (49, 4), (4, 4, 4)):
+        with pytest.raises(arpg_core.SamplingError, match="grid|canvas"):
+            pipe.generate([0], grid=grid)
 
 
 def test_load_names_from_the_file_or_the_caller(pipe, tmp_path):

@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
 
 from arpg_core.errors import ConfigError, SamplingError
 from arpg_core.models.arpg import ARPG, ARPGConfig
+from arpg_core.sampling.options import SamplingOptions
 from arpg_core.sampling.plan import position_rank, tokens_per_step
 from arpg_core.sampling.sampler import UNKNOWN, generate, sample_steps
 
@@ -132,6 +135,29 @@ def test_bad_options_are_typed_errors(model):
     full = torch.ones(6, 6, dtype=torch.bool)
     with pytest.raises(SamplingError):
         generate(model, [0], known_tokens=torch.zeros(6, 6), known_mask=full)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cfg_scale=float("inf")), dict(temperature=float("nan")),
+                                    dict(temperature="hot"), dict(cfg_scale=True), dict(schedule=["a", 35]),
+                                    dict(schedule=[1.5, 34.5]), dict(schedule=[]), dict(grid=("a", 6)),
+                                    dict(grid=(6,)), dict(grid=(300, 2)), dict(steps=4, options=SamplingOptions())])
+def test_odd_numbers_are_refused_before_sampling(model, kwargs):
+    """Each of these once gave a raw ValueError mid-sampling, a silent truncation, or a flat image of
+    one code from NaN probabilities."""
+    with pytest.raises(SamplingError):
+        next(sample_steps(model, [0], generator=seeds(0), **kwargs))
+
+
+def test_a_vanishing_temperature_is_greedy_and_nan_weights_are_named(model):
+    tiny = generate(model, [3], steps=4, temperature=1e-40, generator=seeds(0))  # 1/T overflows float32
+    assert torch.equal(tiny, generate(model, [3], steps=4, temperature=0, generator=seeds(0)))
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.head.weight[5] = float("nan")  # one code's logit, in every step
+    with pytest.raises(SamplingError, match="non-finite"):
+        generate(broken, [3], steps=4, generator=seeds(0))
+    huge = generate(model, [3], steps=4, schedule=[9, 9, 9, 9.0], generator=seeds(0))  # 9.0 counts as 9
+    assert (huge >= 0).all()
 
 
 def test_windowed_canvas_decodes_everything_once(model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from arpg_core.sampling.plan import CFG_SCHEDULES, ORDERS, SCHEDULES
 STEP_ATTENTION = ("causal", "full")
 
 
-def _whole(x) -> bool:
+def is_whole(x) -> bool:
     """A whole number (64 or 64.0), not a bool, NaN, infinity or string."""
     try:
         return not isinstance(x, (bool, str)) and int(x) == x
@@ -53,15 +54,27 @@ class SamplingOptions(ConfigBase):
             raise SamplingError(f"unknown CFG schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
         if isinstance(self.order, str) and self.order not in ORDERS:
             raise SamplingError(f"unknown order {self.order!r}; choose one of {ORDERS}")
-        if not (self.cfg_scale >= 0 and self.temperature >= 0):
-            raise SamplingError("cfg_scale and temperature must be >= 0")
+        for name in ("cfg_scale", "temperature"):
+            value = getattr(self, name)
+            try:
+                ok = not isinstance(value, (bool, str)) and math.isfinite(value) and value >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise SamplingError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.schedule, str):
+            counts = list(self.schedule)
+            if not counts or not all(is_whole(c) and c >= 1 for c in counts):
+                raise SamplingError(f"an explicit schedule is a list of whole numbers >= 1 (tokens per step), "
+                                    f"got {counts}")
+            self.schedule = [int(c) for c in counts]
         if self.top_k is not None:
-            if not _whole(self.top_k) or self.top_k < 1:
+            if not is_whole(self.top_k) or self.top_k < 1:
                 raise SamplingError(f"top_k must be an integer >= 1, got {self.top_k}")
             self.top_k = int(self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not _whole(self.steps) or self.steps < 1:
+        if not is_whole(self.steps) or self.steps < 1:
             raise SamplingError(f"steps must be a positive integer, got {self.steps}")
         self.steps = int(self.steps)  # 64.0 is accepted as 64
         if self.step_attention not in STEP_ATTENTION:

@@ -10,7 +10,7 @@ import torch
 
 from arpg_core.errors import SamplingError
 from arpg_core.models.arpg import ARPG
-from arpg_core.sampling.options import SamplingOptions
+from arpg_core.sampling.options import SamplingOptions, is_whole
 from arpg_core.sampling.plan import StepPlan, cfg_per_step, full_order, scaled_steps, tokens_per_step
 
 UNKNOWN = -1  # sentinel for not-yet-decoded cells in event grids
@@ -61,6 +61,10 @@ def _cpu_twin(generator: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+GREEDY_BELOW = 1e-6  # temperatures under this draw the most likely token
+MAX_GRID_SIDE = 256  # tokens per side: larger grids are refused before their cache is allocated
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """logits [..., V] float32 -> logits with excluded entries at -inf."""
     if top_k is not None and top_k < logits.shape[-1]:
@@ -75,8 +79,12 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 def draw(logits: torch.Tensor, temperature: float, top_k, top_p, uniforms: torch.Tensor):
-    """logits [B, n, V], uniforms [B, n] in [0, 1) -> (tokens [B, n], their probabilities)."""
-    if temperature == 0:
+    """logits [B, n, V], uniforms [B, n] in [0, 1) -> (tokens [B, n], their probabilities). A
+    temperature below GREEDY_BELOW is greedy: dividing by it would overflow to infinity."""
+    if not torch.isfinite(logits).all():  # NaN weights, or a guidance scale that overflowed
+        raise SamplingError("the model gave non-finite logits (NaN or infinity): its weights may be corrupt, or "
+                            "cfg_scale is too large")
+    if temperature < GREEDY_BELOW:
         probs = logits.softmax(-1)
         tokens = logits.argmax(-1)
     else:
@@ -140,7 +148,10 @@ def sample_steps(
     **options,
 ) -> Iterator[StepEvent]:
     """Decode [B, H, W] token grids, yielding one StepEvent per step. See SamplingOptions."""
-    opts = options.pop("options", None) or SamplingOptions(**options)
+    opts = options.pop("options", None)
+    if opts is not None and options:
+        raise SamplingError(f"give options= or separate settings ({', '.join(sorted(options))}), not both")
+    opts = opts or SamplingOptions(**options)
     cfg = model.config
     device = model.embeddings.weight.device
     labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
@@ -149,9 +160,11 @@ def sample_steps(
         raise SamplingError("nothing to sample: give at least one class label")
     if grid is None:
         grid = tuple(known_mask.shape[-2:]) if known_mask is not None else (cfg.grid_size, cfg.grid_size)
+    if len(grid) != 2 or not all(is_whole(g) for g in grid):
+        raise SamplingError(f"grid must be two whole numbers (rows, cols), got {grid!r}")
     grid = (int(grid[0]), int(grid[1]))
-    if min(grid) < 1:
-        raise SamplingError(f"grid must be at least 1x1, got {grid}")
+    if min(grid) < 1 or max(grid) > MAX_GRID_SIDE:
+        raise SamplingError(f"grid must be between 1x1 and {MAX_GRID_SIDE}x{MAX_GRID_SIDE} tokens, got {grid}")
     n = grid[0] * grid[1]
     known_tok, known = _known_rows(known_tokens, known_mask, batch, grid, cfg.vocab_size, device)
     gens = make_generators(generator, batch)
