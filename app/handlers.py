@@ -139,6 +139,8 @@ class Studio:
             if not self.cache.is_loaded(model):
                 progress(0, desc=f"Loading {model}…")
             self.cache.get(model)
+            # inside the try: they read the model again, which another session may have evicted meanwhile
+            choices, status = self.class_choices(model), self.model_status(model)
         except HubUnavailableError as exc:
             log.warning("cannot load %s: %s", model, exc)
             gr.Warning(f"{model} could not be fetched from the hub ({exc}). Staying on {current}.")
@@ -152,13 +154,12 @@ class Studio:
             reason = "out of memory" if oom else type(exc).__name__
             gr.Warning(f"{model} could not be loaded ({reason}; details in the server log). Staying on {current}.")
             return current, current, gr.skip(), gr.skip(), gr.skip()
-        choices = self.class_choices(model)
         return (
             model,
             model,
             gr.update(choices=choices, value=choices[0][1]),
             self.cache.specs[model].cfg_scale,
-            self.model_status(model),
+            status,
         )
 
     # ---- streaming --------------------------------------------------------------------------

@@ -76,13 +76,18 @@ def display_scale(pipeline: Pipeline, grid_hw: tuple[int, int]) -> int:
 
 
 def mask_from_layers(layers: list, size: tuple[int, int]) -> np.ndarray:
-    """[H, W] bool: every pixel any brush layer painted, read from the layers' alpha (not colour)."""
+    """[H, W] bool: every pixel any brush layer painted, read from the layers' alpha (not colour). A
+    layer opaque everywhere is refused: it is a black-and-white mask picture sent as a layer (an API
+    client's), whose alpha would mark the whole image."""
     mask = np.zeros((size[1], size[0]), dtype=bool)
     for layer in layers or []:
         layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
         if "A" not in layer.getbands():
             continue
         alpha = layer.getchannel("A")
+        if alpha.getextrema()[0] == 255:
+            raise ValueError("A brush layer is opaque everywhere, which would regenerate the whole image: a layer "
+                             "marks the region by its painted pixels on a clear (transparent) background.")
         if alpha.size != size:
             alpha = alpha.resize(size, Image.NEAREST)
         mask |= np.asarray(alpha) > 0

@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="class-conditional samples as PNGs plus an FID .npz",
                        description="Sample images per class. Image i (global index) uses seed + i, so the "
                        "images do not depend on the number of processes (byte for byte with --batch-size 1; "
-                       "larger batches round differently); finished PNGs are skipped on a rerun with the same settings.")
+                       "larger batches round differently); finished PNGs are skipped on a rerun with the same "
+                       "settings.")
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--classes", default="all", help="'all', '3', '0,2,5', '0-9' (default: all)")

@@ -162,6 +162,18 @@ def test_mask_covering_everything_regenerates_the_whole_image(client):
     assert (load(result) == load(FOX)).all(-1).mean() < 0.5, "the fox came back instead of a new image"
 
 
+def test_a_mask_picture_sent_as_a_layer_is_refused(client):
+    """White-on-black, no alpha: Gradio makes it opaque everywhere, which once regenerated the whole
+    picture without a word."""
+    picture = np.zeros((64, 64), np.uint8)
+    picture[20:40, 20:40] = 255
+    path = ROOT / "test-artifacts" / "mask-picture.png"
+    Image.fromarray(picture).save(path)
+    value = {"background": handle_file(str(FOX)), "layers": [handle_file(str(path))], "composite": None}
+    with pytest.raises(AppError, match="opaque everywhere"):
+        call(client, value, steps=4, api_name="/inpaint")
+
+
 def _odd_image(kind: str, path) -> tuple[object, tuple[int, int], np.ndarray, float]:
     """-> (upload, expected outpaint size with one cell added on the right, the picture as it should
     be kept on the left of the result, the mean error allowed: JPEGs are lossy)."""

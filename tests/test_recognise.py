@@ -4,6 +4,7 @@ tells classes apart, shares per class, and a cache that is reused only for the s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,10 +110,21 @@ def test_eval_arpg_recognise_reports_samples_beside_heldout(tmp_path, capsys, mo
     eval_arpg.main(argv)
     assert trained == ["colour", "grey"]
     assert "trained on other images or another tokenizer" in capsys.readouterr().err
-    cached.write_bytes(b"not a checkpoint")  # a damaged cache is trained again, not a dead end
+    # a file that is not a classifier cache (the shipped model, a run's last.pt, a folder, a damaged
+    # file) is refused before minutes of training would end by overwriting it
+    for other in (Path(__file__).resolve().parent.parent / "assets" / "arpg_emoji.safetensors", tmp_path / "train"):
+        with pytest.raises(SystemExit, match="is not a recognition-classifier cache"):
+            eval_arpg.main(argv[:-1] + [str(other)])
+    torch.save({"step": 3, "model": {}}, tmp_path / "last.pt")
+    with pytest.raises(SystemExit, match="is not a recognition-classifier cache"):
+        eval_arpg.main(argv[:-1] + [str(tmp_path / "last.pt")])
+    assert torch.load(tmp_path / "last.pt")["step"] == 3
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="is not a recognition-classifier cache"):
+        eval_arpg.main(argv)
+    cached.unlink()
     colour_only = eval_arpg.main(argv + ["--no-grey"])
     assert trained == ["colour", "grey", "colour"] and "grey" not in colour_only["recognised"]
-    assert "cannot read training checkpoint" in capsys.readouterr().err
     # the grey file is the grey judge's alone: given as a colour cache, it is not taken for one
     eval_arpg.main(argv[:-1] + [str(tmp_path / "classifier-grey.pt"), "--no-grey"])
     assert trained[-1] == "colour" and "or is another view's classifier" in capsys.readouterr().err

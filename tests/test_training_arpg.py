@@ -220,6 +220,14 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         main(args + "--steps 2 --lr nan".split())
     with pytest.raises(SystemExit, match="--val-data .* is not a folder"):
         main(args + f"--steps 2 --threads 1 --val-data {tmp_path / 'vall'}".split())
+    # numbers that trained a silently wrong model (no null class for CFG, or no labels at all) or
+    # failed in torch.multinomial after the folder was encoded
+    for flag in ("--class-dropout 1", "--class-dropout nan", "--balance-alpha nan", "--balance-alpha 50"):
+        with pytest.raises(SystemExit, match=f"{flag.split()[0]} must be in"):
+            main(args + f"--steps 2 --threads 1 {flag}".split())
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="is a file; it names the run's folder"):
+        main([a if a != str(out) else str(tmp_path / "a_file") for a in args] + "--steps 2 --threads 1".split())
     main(args + "--steps 2 --threads 1".split())
     with pytest.raises(SystemExit, match="at step 2, and --steps is 2: nothing to train"):
         main(args + "--steps 2 --threads 1".split())

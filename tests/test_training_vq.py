@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -153,6 +154,10 @@ def test_eval_vq_reports_psnr_and_codes(tmp_path, capsys):
         expected = eval_vq.psnr_per_image(tok.decode(codes), images).mean().item()
     assert val["psnr_db"] == pytest.approx(expected, abs=0.01)
     assert val["codes_used"] == codes.unique().numel() and 1.0 <= val["perplexity"] <= val["codes_used"]
+    with pytest.raises(SystemExit, match="eval_vq: error: image folder .*nope does not exist"):
+        eval_vq.main(["--tokenizer", str(out / "vq.safetensors"), "--data", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="--batch-size and --threads must be at least 1"):
+        eval_vq.main(["--tokenizer", str(out / "vq.safetensors"), "--data", str(data), "--batch-size", "0"])
 
 
 def test_code_stats():
@@ -251,6 +256,8 @@ def test_vq_trainer_refuses_bad_numbers_and_a_finished_run(tmp_path):
         main(base + "--steps 1 --threads 0".split())
     with pytest.raises(SystemExit, match="--reinit-every must be at least 1"):
         main(base + "--steps 1 --reinit-every 0".split())
+    with pytest.raises(SystemExit, match="--edge-weight must be 0 or more"):
+        main(base + "--steps 1 --edge-weight -1".split())
     main(base + "--steps 1 --no-flip".split())
     with pytest.raises(SystemExit, match="nothing to train"):
         main(base + ["--steps", "1"])
@@ -259,6 +266,9 @@ def test_vq_trainer_refuses_bad_numbers_and_a_finished_run(tmp_path):
 def test_a_data_set_root_is_not_a_class_folder(tmp_path):
     _make_folder(tmp_path)  # tmp_path/train and tmp_path/val, each with class folders
     with pytest.raises(DataError, match=r"holds the splits train, val, not classes: pass .*train"):
+        ImageFolderDataset(tmp_path, 16)
+    shutil.rmtree(tmp_path / "val")  # a root holding only its train split: one class of everything, once
+    with pytest.raises(DataError, match=r"holds the splits train, not classes"):
         ImageFolderDataset(tmp_path, 16)
 
 

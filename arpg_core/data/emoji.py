@@ -144,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/emoji"))
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args(argv)
-    meta = build(args.out, args.size)
+    if not 8 <= args.size <= 1024:
+        parser.error(f"--size must be 8 to 1024 pixels (got {args.size})")
+    try:
+        meta = build(args.out, args.size)
+    except DataError as exc:  # the font or the list missing: the install hint, not a traceback
+        raise SystemExit(f"emoji: error: {exc}") from None
     for split, per_class in meta["counts"].items():
         print(split, sum(per_class.values()), per_class)
     print(f"skipped {len(meta['skipped_empty'])} empty glyphs; wrote {args.out / 'meta.json'}")

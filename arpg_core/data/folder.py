@@ -79,7 +79,8 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"image folder {self.root} does not exist")
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
         splits = [d.name for d in dirs if d.name.lower() in SPLIT_NAMES]
-        if len(splits) >= 2:  # a data set's root: its splits would silently become the classes
+        if len(splits) >= 2 or (splits and len(splits) == len(dirs)):  # a data set's root (even one holding
+            # only its train folder): its splits would silently become the classes
             train = next((n for n in splits if n.lower().startswith("train")), splits[0])
             raise DataError(f"{self.root} holds the splits {', '.join(splits)}, not classes: pass "
                             f"{self.root / train} (a 'val' folder beside it is used as the held-out set)")

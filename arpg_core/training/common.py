@@ -253,5 +253,18 @@ def check_options(args, prog: str) -> None:
     augment = getattr(args, "augment", 0)
     if not 0 <= augment <= 16:
         bad.append(f"--augment must be 0 to 16 copies (got {augment})")
+    dropout = getattr(args, "class_dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:  # 1 never sees a label; NaN never trains the null class
+        bad.append(f"--class-dropout must be in [0, 1) (got {dropout})")
+    alpha = getattr(args, "balance_alpha", None)
+    if alpha is not None and not 0 <= alpha <= 2:  # past 2 the weights of big classes underflow to zero
+        bad.append(f"--balance-alpha must be in [0, 2] (got {alpha})")
+    for name in ("l1_weight", "edge_weight", "entropy_weight"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            bad.append(f"--{name.replace('_', '-')} must be 0 or more (got {value})")
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        bad.append(f"--out {out} is a file; it names the run's folder")
     if bad:
         raise SystemExit(f"{prog}: error: " + "; ".join(bad))

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("eval_arpg: error: --orders must be at least 1")
     if args.recognise < 0 or (args.recognise and not args.train):
         raise SystemExit("eval_arpg: error: --recognise takes a count of samples per class, and --train")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("eval_arpg: error: --threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from arpg_core.data.folder import ImageFolderDataset
+from arpg_core.errors import ARPGError
 from arpg_core.loading import load_tokenizer
 from arpg_core.tokenizer.vq import VQModel
 
@@ -59,13 +60,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise SystemExit("eval_vq: error: --batch-size and --threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = load_tokenizer(args.tokenizer).float().eval()
     results = []
-    for folder in args.data:
-        results.append(evaluate_folder(tokenizer, folder, args.batch_size))
-        print(json.dumps(results[-1]), flush=True)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer).float().eval()
+        for folder in args.data:
+            results.append(evaluate_folder(tokenizer, folder, args.batch_size))
+            print(json.dumps(results[-1]), flush=True)
+    except ARPGError as exc:  # a missing folder or checkpoint: a message, not a traceback
+        raise SystemExit(f"eval_vq: error: {exc}") from None
     return results
 
 

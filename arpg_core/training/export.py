@@ -83,10 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--storage", choices=sorted(STORAGE), default="int8",
                    help="how the generator's weights are stored (default int8: half the size of bf16)")
     args = p.parse_args(argv)
+    if args.per_class < 1:
+        raise SystemExit(f"export: error: --per-class must be at least 1 (got {args.per_class})")
     try:
         sizes = export(args.vq, args.arpg, args.assets, args.per_class, args.storage)
     except ARPGError as exc:
         raise SystemExit(f"export: error: {exc}") from None
+    except OSError as exc:  # an --assets that cannot be written
+        raise SystemExit(f"export: error: {exc.strerror or exc}: {exc.filename or ''}") from None
     for name, size in sizes.items():
         print(f"{name}: {size / 1e6:.2f} MB")
 

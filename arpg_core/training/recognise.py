@@ -152,12 +152,8 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
     if view != "colour":  # the colour judge keeps the key it always had, so its caches stay valid
         key += f"|{view}"
     path = view_path(path, view)
-    if path is not None and path.is_file():
-        try:
-            state = common.load_checkpoint(path)
-        except CheckpointError as exc:
-            log(f"{exc}: training it again")
-            state = {}
+    if path is not None and path.exists():
+        state = _classifier_cache(path)
         if state.get("key") == key:
             model = Classifier(state["num_classes"], state["width"], view)
             model.load_state_dict(state["weights"])
@@ -174,6 +170,24 @@ def cached_classifier(tokenizer: VQModel, train: tuple[torch.Tensor, torch.Tenso
         common.save_checkpoint(path, key=key, num_classes=model.num_classes, width=model.width,
                                weights=model.state_dict())
     return model
+
+
+CACHE_FIELDS = ("key", "num_classes", "width", "weights")
+
+
+def _classifier_cache(path: Path) -> dict:
+    """What `path` holds, when it is a classifier cache; refused (ConfigError) when it is anything else,
+    before minutes of training end by overwriting it: a checkpoint, the shipped model, a folder."""
+    refuse = f"--classifier {path} is not a recognition-classifier cache; name a new file (e.g. runs/classifier.pt)"
+    if not path.is_file():
+        raise ConfigError(refuse)
+    try:
+        state = common.load_checkpoint(path)
+    except CheckpointError:
+        raise ConfigError(refuse) from None
+    if not isinstance(state, dict) or not all(field in state for field in CACHE_FIELDS):
+        raise ConfigError(refuse)
+    return state
 
 
 def view_path(path: Path | None, view: str) -> Path | None:

@@ -405,6 +405,7 @@ def train(args: argparse.Namespace) -> int:
             if step % args.save_every == 0:
                 save()
         if flag.stop and step % args.sample_every:  # stopped early: export the weights reached, skip the sheet
+            save()  # first: a second signal during the export must not lose the steps since the last save
             snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False)
     save()
     progress.close()
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         train(args)
     except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
         raise SystemExit(f"train_arpg: error: {exc}") from None
+    except OSError as exc:  # an --out that cannot be written, a full disk
+        raise SystemExit(f"train_arpg: error: {exc.strerror or exc}: {exc.filename or ''}") from None
 
 
 if __name__ == "__main__":

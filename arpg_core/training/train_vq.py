@@ -282,6 +282,7 @@ def train(args: argparse.Namespace) -> int:
             if step % args.save_every == 0:
                 save()
         if flag.stop and step % args.eval_every:  # stopped early: export the weights reached
+            save()  # first: the evaluation takes a while, and a second signal must not lose the steps
             run_eval(model, ema, val, step, args, progress, split)
     save()
     progress.close()
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         train(args)
     except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
         raise SystemExit(f"train_vq: error: {exc}") from None
+    except OSError as exc:  # an --out that cannot be written, a full disk
+        raise SystemExit(f"train_vq: error: {exc.strerror or exc}: {exc.filename or ''}") from None
 
 
 if __name__ == "__main__":
