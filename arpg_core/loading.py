@@ -317,6 +317,9 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # a reader never sees a half-written file
-    save_file(sd, str(tmp), metadata=meta)
-    tmp.replace(path)
+    try:
+        save_file(sd, str(tmp), metadata=meta)
+        tmp.replace(path)  # fails when `path` is a folder: the weights must not stay behind as .tmp
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

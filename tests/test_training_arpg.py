@@ -362,3 +362,4 @@ def test_grow_deepens_a_trained_model_without_changing_its_logits(tmp_path, caps
     (tmp_path / "taken").mkdir()  # --out names a folder: a one-line error, not a stack trace
     with pytest.raises(SystemExit, match="cannot write"):
         grow.main(f"--model {out / 'arpg.safetensors'} --layers 4 --out {tmp_path / 'taken'}".split())
+    assert not (tmp_path / "taken.tmp").exists()  # the weights it could not place are not left behind

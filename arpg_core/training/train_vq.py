@@ -215,6 +215,8 @@ def build(args):
     start = load_tokenizer(args.init, config=config) if args.init is not None and state is None else None
     if state:
         cfg = VQConfig.from_dict(state["config"])
+        if args.config:
+            print(f"resuming {ckpt_path}: its model shape is kept, --config {args.config} is not applied", flush=True)
     else:
         cfg = start.config if start is not None else VQConfig.from_spec(args.config or "VQ-emoji")
     model = VQModel(cfg, entropy_weight=args.entropy_weight)
@@ -239,6 +241,10 @@ def train(args: argparse.Namespace) -> int:
     cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
     common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
     args.out.mkdir(parents=True, exist_ok=True)
+    if step == 0:  # an earlier run's logs: kept aside, not mixed in with this one's
+        for name in ("eval.jsonl", "train.jsonl"):
+            if (args.out / name).exists():
+                (args.out / name).replace(args.out / name.replace(".jsonl", ".previous.jsonl"))
     train_set, images, labels, val = load_data(args, cfg)
     split = "val" if val is not None else "train"
     if val is None:  # still measure and export: pick raw vs EMA weights on a fixed slice of the training set
