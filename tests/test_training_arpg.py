@@ -220,6 +220,11 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         main(args + "--steps 2 --lr nan".split())
     with pytest.raises(SystemExit, match="--val-data .* is not a folder"):
         main(args + f"--steps 2 --threads 1 --val-data {tmp_path / 'vall'}".split())
+    with pytest.raises(SystemExit, match="--no-val and --val-data contradict"):
+        main(args + f"--steps 2 --threads 1 --no-val --val-data {tmp_path / 'val'}".split())
+    no_val = tmp_path / "no-val"  # the val sibling is there, and left alone
+    main([a if a != str(out) else str(no_val) for a in args] + "--steps 1 --threads 1 --no-val".split())
+    assert (no_val / "arpg.safetensors").is_file() and not list(no_val.glob("codes_val_*"))
     # numbers that trained a silently wrong model (no null class for CFG, or no labels at all) or
     # failed in torch.multinomial after the folder was encoded
     for flag in ("--class-dropout 1", "--class-dropout nan", "--balance-alpha nan", "--balance-alpha 50"):

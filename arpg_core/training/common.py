@@ -217,9 +217,13 @@ def log_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def held_out_folder(data: Path, val_data: Path | None) -> Path | None:
+def held_out_folder(data: Path, val_data: Path | None, no_val: bool = False) -> Path | None:
     """The held-out image folder: --val-data when given (it must exist: a typo is not "no held-out
-    set"), else a `val` folder beside a `train` folder, else None."""
+    set"), else a `val` folder beside a `train` folder, else None; None with --no-val."""
+    if no_val:
+        if val_data is not None:
+            raise DataError("--no-val and --val-data contradict each other: pass one")
+        return None
     if val_data is not None:
         if not val_data.is_dir():
             raise DataError(f"--val-data {val_data} is not a folder")

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="train image folder")
     p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
+    p.add_argument("--no-val", action="store_true", help="no held-out folder, even when a 'val' sibling exists")
     p.add_argument("--tokenizer", required=True, help="VQ checkpoint (path or hf://)")
     p.add_argument("--config", default=None, help="ARPGConfig preset name or a JSON file for the model's shape "
                    "(default ARPG-emoji); vocabulary, classes and grid come from the tokenizer and the data")
@@ -360,7 +361,7 @@ def train(args: argparse.Namespace) -> int:
     listed = ImageFolderDataset(args.data, tokenizer.config.image_size)  # listed once, encoded below
     if init is not None:  # the class list is cheap to read; encoding is not
         check_init(init, class_names_of(args.data, listed), args.init)
-    val_dir = common.held_out_folder(args.data, args.val_data)
+    val_dir = common.held_out_folder(args.data, args.val_data, args.no_val)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
                                                  augment=args.augment, data=listed)
     check_resume(state, args.out / common.CHECKPOINT_NAME, tokenizer, digest, folders)

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="train image folder (class sub-folders or flat)")
     p.add_argument("--val-data", type=Path, help="default: sibling 'val' folder of --data when it exists")
+    p.add_argument("--no-val", action="store_true", help="no held-out folder, even when a 'val' sibling exists")
     p.add_argument("--config", help="VQConfig preset name or a JSON file (default: VQ-emoji, or the --init file's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
@@ -168,7 +169,8 @@ def save_sheet(path: Path, originals: torch.Tensor, recons: torch.Tensor) -> Non
 
 
 def load_data(args, cfg: VQConfig) -> tuple[ImageFolderDataset, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    val_dir = common.held_out_folder(args.data, args.val_data)  # a mistyped --val-data fails before decoding
+    # a mistyped --val-data fails before decoding
+    val_dir = common.held_out_folder(args.data, args.val_data, args.no_val)
     train = ImageFolderDataset(args.data, cfg.image_size)
     for note in train.notes():
         print(note, flush=True)
