@@ -20,4 +20,5 @@ fi
 python -m pip install -q -r requirements-dev.txt
 python -m pip install -q --no-deps -e .
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export ARPG_REQUIRE_BROWSER=1  # Chromium was installed above: the browser tests must run, not skip
 python -m pytest -q "$@"

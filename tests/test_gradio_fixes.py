@@ -18,20 +18,26 @@ def _picture(seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
 
-def _short_reads(save, folder: Path, reads: int = 200, limit_s: float = 20) -> tuple[int, int]:
+def _short_reads(save, folder: Path, reads: int = 200, limit_s: float = 20) -> tuple[int, int, int]:
     """One thread writes the same picture again and again (removed first, as `delete_cache` would, so
     every write is a fresh one) while another reads it, until it has read the file `reads` times or
-    `limit_s` passed: -> (whole reads, short reads)."""
+    `limit_s` passed: -> (whole reads, short reads, writes). A writer's error is raised here."""
     picture = _picture()
     path = Path(save(picture, str(folder), format="png"))
     size = path.stat().st_size
     stop = threading.Event()
-    counts = {"whole": 0, "short": 0}
+    counts = {"whole": 0, "short": 0, "writes": 0}
+    errors = []
 
     def write():
-        while not stop.is_set():
-            path.unlink(missing_ok=True)
-            save(picture, str(folder), format="png")
+        try:
+            while not stop.is_set():
+                path.unlink(missing_ok=True)
+                save(picture, str(folder), format="png")
+                counts["writes"] += 1
+        except Exception as exc:  # a thread's exception is only printed: hand it to the test
+            errors.append(exc)
+            stop.set()
 
     def read():
         while not stop.is_set():
@@ -50,12 +56,15 @@ def _short_reads(save, folder: Path, reads: int = 200, limit_s: float = 20) -> t
     stop.set()
     for thread in threads:
         thread.join()
-    return counts["whole"], counts["short"]
+    if errors:
+        raise errors[0]
+    return counts["whole"], counts["short"], counts["writes"]
 
 
 def test_a_picture_rewritten_while_read_is_never_read_half_written(tmp_path):
-    whole, short = _short_reads(gradio_fixes.save_pil_to_cache, tmp_path)
+    whole, short, writes = _short_reads(gradio_fixes.save_pil_to_cache, tmp_path)
     assert whole > 0, "the reader never saw the file"
+    assert writes >= 10, f"only {writes} writes overlapped the reads: the race was not exercised"
     assert short == 0, f"{short} of {whole + short} reads got a half-written file"
     assert not list(tmp_path.rglob(".image.*")), "a staging file was left behind"
 

@@ -30,9 +30,21 @@ def test_stopped_run_exports_the_weights_it_reached(tmp_path, monkeypatch):
     _, out, args = _tiny_run(tmp_path)
     monkeypatch.setattr(common, "StopFlag", lambda: StopAfter(2))
     main(args + "--steps 50 --eval-every 20 --sample-every 20 --threads 1".split())
-    assert common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"] == 2
+    state = common.load_checkpoint(out / common.CHECKPOINT_NAME)
+    assert state["step"] == 2
     exported = arpg_core.load_model(out / "arpg.safetensors")
     assert exported.class_names == ["0_red", "1_blue"] and not (out / "samples").exists()  # no sheet on a stop
+    meta = read_metadata(out / "arpg.safetensors")
+    assert meta["step"] == "2" and meta["weights"] == "ema"  # no evaluation yet: the EMA weights
+    for name, value in exported.state_dict().items():  # the weights of step 2 (bf16 on disk), not a start's
+        assert torch.allclose(value, state["ema"]["shadow"][name].to(torch.bfloat16).float()), name
+    # a resume restores the weights, not only the step: stopped before its first step, it saves them unchanged
+    monkeypatch.setattr(common, "StopFlag", lambda: StopAfter(0))
+    main(args + "--steps 50 --eval-every 20 --sample-every 20 --threads 1".split())
+    again = common.load_checkpoint(out / common.CHECKPOINT_NAME)
+    assert again["step"] == 2
+    assert all(torch.equal(again["model"][k], v) for k, v in state["model"].items())
+    assert all(torch.equal(again["ema"]["shadow"][k], v) for k, v in state["ema"]["shadow"].items())
 
 
 def test_train_resume_export(tmp_path):

@@ -220,6 +220,43 @@ def test_emoji_builder_names_what_to_install(tmp_path, monkeypatch):
         emoji.check_sources()
 
 
+def test_emoji_builder_renders_a_trimmed_list(tmp_path):
+    """The real font and the real list, cut to the first three entries of each group plus a flag and
+    a family (sequences that need Raqm layout): folders per group in file order, the fixed split,
+    each glyph centred on white, a flag drawn as one glyph rather than two letters."""
+    from arpg_core.data import emoji
+
+    if not (emoji.EMOJI_TEST.is_file() and emoji.EMOJI_FONT.is_file()):
+        pytest.skip("the Debian emoji packages are not installed")
+    kept, taken, sequences = [], 0, ("1F1EF 1F1F5 ", "1F468 200D 1F469 200D 1F467 ")  # Japan, a family
+    for line in emoji.EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            kept.append(line)
+            taken = 0
+        elif "; fully-qualified" in line and (taken < 3 or line.startswith(sequences)):
+            kept.append(line)
+            taken += 1
+    trimmed = tmp_path / "emoji-test.txt"
+    trimmed.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    groups, entries = emoji.parse_emoji_test(trimmed)
+    assert groups[0] == "Smileys & Emotion" and groups[-1] == "Flags" and len(groups) == 9  # Component skipped
+    meta = emoji.build(tmp_path / "out", 32, emoji_test=trimmed)
+    assert meta["folders"][0] == "0_smileys-emotion" and not meta["skipped_empty"]
+    files = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(files) == len(entries) == sum(sum(c.values()) for c in meta["counts"].values())
+    for file in files:
+        assert file.parent.parent.name == emoji.split_of(file.stem)
+        pixels = np.asarray(Image.open(file))
+        assert pixels.shape == (32, 32, 3) and (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()
+        assert (pixels[12:20, 12:20] < 250).any(), f"{file.name}: nothing drawn in the middle"
+    japan = np.asarray(Image.open(next(f for f in files if f.stem == "1F1EF-1F1F5"))).astype(int)
+    # one flag fills the width; two regional-indicator letters side by side would leave a gap between them
+    ink = (np.abs(japan - 255).sum(-1) > 30).any(0)
+    assert ink[4:28].all(), "the flag of Japan rendered as separate glyphs"
+    with pytest.raises(SystemExit):
+        emoji.main(["--out", str(tmp_path / "x"), "--size", "0"])
+
+
 def test_nested_stray_and_unreadable_files(tmp_path, capsys):
     train = _make_folder(tmp_path)
     (train / "0_red" / "2020").mkdir()
