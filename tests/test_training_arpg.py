@@ -1,4 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +18,7 @@ from arpg_core.training.export import export
 from arpg_core.training.train_arpg import main
 from tests.test_training_vq import StopAfter, _make_folder
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(dim=64, n_layer=2, n_head=1, vocab_size=64, num_classes=2, grid_size=16, multiple_of=32)
 
 
@@ -45,6 +52,28 @@ def test_stopped_run_exports_the_weights_it_reached(tmp_path, monkeypatch):
     assert again["step"] == 2
     assert all(torch.equal(again["model"][k], v) for k, v in state["model"].items())
     assert all(torch.equal(again["ema"]["shadow"][k], v) for k, v in state["ema"]["shadow"].items())
+
+
+def test_a_real_interrupt_saves_and_exports(tmp_path):
+    """Ctrl-C (SIGINT) in a separate process, the real signal handler: the run ends cleanly, with a
+    checkpoint and exported weights of the same step."""
+    _, out, args = _tiny_run(tmp_path)
+    cmd = [sys.executable, "-m", "arpg_core.training.train_arpg", *args, "--steps", "100000", "--threads", "1",
+           "--eval-every", "100000", "--sample-every", "100000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:  # the banner comes once the codes are encoded and training starts
+            if "start step 0" in line:
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped at step" in rest
+    step = common.load_checkpoint(out / common.CHECKPOINT_NAME)["step"]
+    assert 0 < step < 100000 and read_metadata(out / "arpg.safetensors")["step"] == str(step)
 
 
 def test_train_resume_export(tmp_path):
