@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"train_arpg: error: {exc}") from None
     except OSError as exc:  # an --out that cannot be written, a full disk
         raise SystemExit(f"train_arpg: error: {exc.strerror or exc}: {exc.filename or ''}") from None
+    except KeyboardInterrupt:  # Ctrl-C before training began (encoding), or a second one during it
+        raise SystemExit(f"train_arpg: interrupted; the last checkpoint saved in {args.out} (if any) is kept") from None
 
 
 if __name__ == "__main__":
