@@ -1,6 +1,6 @@
 """Deepen a trained ARPG without changing what it computes, to go on training a larger model from it.
 
-    python -m arpg_core.training.grow --model assets/arpg_emoji.safetensors --layers 20 \
+    python -m arpg_core.training.grow --model assets/arpg_emoji.safetensors --layers 22 \
         --out runs/grown/arpg.safetensors
     python -m arpg_core.training.train_arpg --init runs/grown/arpg.safetensors ...
 
