@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from arpg_core.errors import ARPGError
 
 MAX_PIXELS = 4096 * 4096  # larger uploads are refused before they are decoded
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")  # RGBa, La: premultiplied (a TIFF with associated alpha)
 
 
 class ImageInputError(ARPGError, ValueError):
@@ -45,7 +46,7 @@ def open_mask(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.nd
     in any mode: RGBA, LA, a palette or a colour key), opaque = regenerate. A file with an alpha
     channel that is opaque everywhere is read by its brightness like any other."""
     image = ImageOps.exif_transpose(_decode(source, max_pixels))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in image.info:
+    if image.mode in (*ALPHA_MODES, "P") or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA").getchannel("A"))
         if alpha.min() < 255:
             return alpha > 127
@@ -110,7 +111,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(_to_uint8(np.asarray(image), float_levels=True))
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:  # RGBa: premultiplied
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

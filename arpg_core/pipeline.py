@@ -28,8 +28,8 @@ from arpg_core.sampling.editing import (
     padding,
     sample_windowed,
 )
-from arpg_core.sampling.options import SamplingOptions, is_whole
-from arpg_core.sampling.sampler import UNKNOWN, sample_steps, seeded
+from arpg_core.sampling.options import SamplingOptions
+from arpg_core.sampling.sampler import UNKNOWN, grid_shape, sample_steps, seeded
 from arpg_core.tokenizer.vq import VQModel
 
 MAX_CANVAS_CELLS = 48  # outpainting and expansion stop at 48 x 48 tokens per canvas side
@@ -214,11 +214,7 @@ class Pipeline:
         seeds = seeds if seeds is not None else [seed + i for i in range(len(labels))]
         if len(seeds) != len(labels):
             raise SamplingError(f"{len(seeds)} seeds for {len(labels)} images")
-        if grid is None:
-            grid = (self.grid, self.grid)
-        elif len(grid) != 2 or not all(is_whole(g) and g >= 1 for g in grid):
-            raise SamplingError(f"grid must be two whole numbers >= 1 (rows, cols), got {grid!r}")
-        grid = (int(grid[0]), int(grid[1]))
+        grid = (self.grid, self.grid) if grid is None else grid_shape(grid)
         self._check_grid(*grid)
         canvas = Canvas(torch.full(grid, UNKNOWN), torch.zeros(grid, dtype=torch.bool))
         events = self._sample(canvas, labels, seeds, options or SamplingOptions(), windowed=False)

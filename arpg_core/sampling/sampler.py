@@ -65,6 +65,16 @@ GREEDY_BELOW = 1e-6  # temperatures under this draw the most likely token
 MAX_GRID_SIDE = 256  # tokens per side: larger grids are refused before their cache is allocated
 
 
+def grid_shape(grid) -> tuple[int, int]:
+    """(rows, cols) as two ints from 1 to MAX_GRID_SIDE (16 or 16.0), or SamplingError."""
+    if len(grid) != 2 or not all(is_whole(g) for g in grid):
+        raise SamplingError(f"grid must be two whole numbers (rows, cols), got {grid!r}")
+    grid = (int(grid[0]), int(grid[1]))
+    if min(grid) < 1 or max(grid) > MAX_GRID_SIDE:
+        raise SamplingError(f"grid must be between 1x1 and {MAX_GRID_SIDE}x{MAX_GRID_SIDE} tokens, got {grid}")
+    return grid
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """logits [..., V] float32 -> logits with excluded entries at -inf."""
     if top_k is not None and top_k < logits.shape[-1]:
@@ -81,9 +91,6 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 def draw(logits: torch.Tensor, temperature: float, top_k, top_p, uniforms: torch.Tensor):
     """logits [B, n, V], uniforms [B, n] in [0, 1) -> (tokens [B, n], their probabilities). A
     temperature below GREEDY_BELOW is greedy: dividing by it would overflow to infinity."""
-    if not torch.isfinite(logits).all():  # NaN weights, or a guidance scale that overflowed
-        raise SamplingError("the model gave non-finite logits (NaN or infinity): its weights may be corrupt, or "
-                            "cfg_scale is too large")
     if temperature < GREEDY_BELOW:
         probs = logits.softmax(-1)
         tokens = logits.argmax(-1)
@@ -94,7 +101,13 @@ def draw(logits: torch.Tensor, temperature: float, top_k, top_p, uniforms: torch
         # right=True: the first entry whose cdf exceeds the target, so a token filtered out (zero
         # probability, a flat stretch of the cdf) is never drawn, not even for a uniform of 0
         tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
-    return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
+    drawn = probs.gather(-1, tokens[..., None]).squeeze(-1)
+    # one NaN or infinite logit makes its row's softmax NaN, so the drawn token's probability shows it:
+    # a check on [B, n], not on every logit
+    if not torch.isfinite(drawn).all():
+        raise SamplingError("the model gave non-finite logits (NaN or infinity): its weights may be corrupt, or "
+                            "cfg_scale is too large")
+    return tokens, drawn
 
 
 def _known_rows(known_tokens, known_mask, batch: int, grid: tuple[int, int], vocab: int, device):
@@ -160,11 +173,7 @@ def sample_steps(
         raise SamplingError("nothing to sample: give at least one class label")
     if grid is None:
         grid = tuple(known_mask.shape[-2:]) if known_mask is not None else (cfg.grid_size, cfg.grid_size)
-    if len(grid) != 2 or not all(is_whole(g) for g in grid):
-        raise SamplingError(f"grid must be two whole numbers (rows, cols), got {grid!r}")
-    grid = (int(grid[0]), int(grid[1]))
-    if min(grid) < 1 or max(grid) > MAX_GRID_SIDE:
-        raise SamplingError(f"grid must be between 1x1 and {MAX_GRID_SIDE}x{MAX_GRID_SIDE} tokens, got {grid}")
+    grid = grid_shape(grid)
     n = grid[0] * grid[1]
     known_tok, known = _known_rows(known_tokens, known_mask, batch, grid, cfg.vocab_size, device)
     gens = make_generators(generator, batch)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from arpg_core.errors import CheckpointError, DataError
+from arpg_core.errors import ARPGError, CheckpointError, DataError
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -217,6 +217,27 @@ def log_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def set_aside_logs(out: Path, *names: str) -> None:
+    """An earlier run's logs in `out` (x.jsonl -> x.previous.jsonl), so a fresh run's are not mixed in."""
+    for name in names:
+        if (out / name).exists():
+            (out / name).replace(out / name.replace(".jsonl", ".previous.jsonl"))
+
+
+@contextlib.contextmanager
+def trainer_errors(prog: str, out: Path):
+    """What a user can cause in a trainer -> one line on exit, not a traceback: a bad folder, config or
+    checkpoint, an --out that cannot be written, Ctrl-C before training began (or a second one)."""
+    try:
+        yield
+    except ARPGError as exc:
+        raise SystemExit(f"{prog}: error: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"{prog}: error: {exc.strerror or exc}: {exc.filename or ''}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"{prog}: interrupted; the last checkpoint saved in {out} (if any) is kept") from None
+
+
 def held_out_folder(data: Path, val_data: Path | None, no_val: bool = False) -> Path | None:
     """The held-out image folder: --val-data when given (it must exist: a typo is not "no held-out
     set"), else a `val` folder beside a `train` folder, else None; None with --no-val."""
@@ -252,8 +273,6 @@ def check_options(args, prog: str) -> None:
         bad.append(f"--warmup must be 0 or more (got {args.warmup})")
     if not 0 <= args.ema_decay < 1:
         bad.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        bad.append(f"--weight-decay must be 0 or more (got {args.weight_decay})")
     augment = getattr(args, "augment", 0)
     if not 0 <= augment <= 16:
         bad.append(f"--augment must be 0 to 16 copies (got {augment})")
@@ -263,7 +282,7 @@ def check_options(args, prog: str) -> None:
     alpha = getattr(args, "balance_alpha", None)
     if alpha is not None and not 0 <= alpha <= 2:  # past 2 the weights of big classes underflow to zero
         bad.append(f"--balance-alpha must be in [0, 2] (got {alpha})")
-    for name in ("l1_weight", "edge_weight", "entropy_weight"):
+    for name in ("weight_decay", "l1_weight", "edge_weight", "entropy_weight"):
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             bad.append(f"--{name.replace('_', '-')} must be 0 or more (got {value})")

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.errors import ARPGError, ConfigError, DataError, UnsafeCheckpointError
+from arpg_core.errors import ConfigError, DataError, UnsafeCheckpointError
 from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
 from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.sampler import generate
@@ -251,7 +251,7 @@ def saved_state(args) -> dict | None:
     return None if args.fresh or not ckpt.exists() else common.load_checkpoint(ckpt)
 
 
-def check_resume(state: dict | None, ckpt: Path, tokenizer: VQModel, tokenizer_digest: str,
+def check_resume(state: dict | None, ckpt: Path, codes_digest: str, tokenizer_digest: str,
                  folders: list[str] | None = None) -> None:
     """A resumed run must see the codes (and class folders) it began with: other codes or labels would
     silently mean something else to the weights. The codes are compared by what decides them (so a
@@ -260,7 +260,7 @@ def check_resume(state: dict | None, ckpt: Path, tokenizer: VQModel, tokenizer_d
     if state is None:
         return
     hint = "Use another --out, or --fresh to start over."
-    before, now = state.get("tokenizer_codes"), tokenizer.codes_digest()
+    before, now = state.get("tokenizer_codes"), codes_digest
     if before is None:
         before, now = state.get("tokenizer_digest"), tokenizer_digest
     if before is not None and before != now:
@@ -349,10 +349,10 @@ def train(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tok_path = resolve_source(args.tokenizer)  # a path, or hf://... through the hub cache
     tokenizer = load_tokenizer(tok_path)
-    digest = file_digest(tok_path)
+    digest, codes_digest = file_digest(tok_path), tokenizer.codes_digest()
     state = saved_state(args)
     # refusals before the time spent encoding the folder
-    check_resume(state, args.out / common.CHECKPOINT_NAME, tokenizer, digest)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, codes_digest, digest)
     if state:
         common.check_steps_left(int(state["step"]), args.steps, args.out / common.CHECKPOINT_NAME)
         if args.init:
@@ -364,13 +364,13 @@ def train(args: argparse.Namespace) -> int:
     val_dir = common.held_out_folder(args.data, args.val_data, args.no_val)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
                                                  augment=args.augment, data=listed)
-    check_resume(state, args.out / common.CHECKPOINT_NAME, tokenizer, digest, folders)
+    check_resume(state, args.out / common.CHECKPOINT_NAME, codes_digest, digest, folders)
     val = None
     if val_dir is not None:
         val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
-    run_id = {"tokenizer_digest": digest, "tokenizer_codes": tokenizer.codes_digest(), "class_folders": folders}
+    run_id = {"tokenizer_digest": digest, "tokenizer_codes": codes_digest, "class_folders": folders}
     model, ema, optimizer, step = build(args, state, tokenizer.config.codebook_size, len(names),
                                         tokenizer.config.grid_size, init)
     del init  # its weights are in the model now
@@ -384,8 +384,8 @@ def train(args: argparse.Namespace) -> int:
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
     model.train()
     use_ema = last_choice(args.out, step) if state else True
-    if not state and (args.out / EVAL_LOG).exists():  # an earlier run's log: kept aside, not mixed in
-        (args.out / EVAL_LOG).replace(args.out / "eval.previous.jsonl")
+    if not state:
+        common.set_aside_logs(args.out, EVAL_LOG)
     with common.StopFlag() as flag:
         while step < args.steps and not flag.stop:
             idx = next(batches)
@@ -417,14 +417,8 @@ def train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     common.check_options(args, "train_arpg")
-    try:
+    with common.trainer_errors("train_arpg", args.out):
         train(args)
-    except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
-        raise SystemExit(f"train_arpg: error: {exc}") from None
-    except OSError as exc:  # an --out that cannot be written, a full disk
-        raise SystemExit(f"train_arpg: error: {exc.strerror or exc}: {exc.filename or ''}") from None
-    except KeyboardInterrupt:  # Ctrl-C before training began (encoding), or a second one during it
-        raise SystemExit(f"train_arpg: interrupted; the last checkpoint saved in {args.out} (if any) is kept") from None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from arpg_core.data.folder import ImageFolderDataset
-from arpg_core.errors import ARPGError
 from arpg_core.loading import load_tokenizer, save_checkpoint
 from arpg_core.tokenizer.vq import VQConfig, VQModel
 from arpg_core.training import common
@@ -243,10 +242,8 @@ def train(args: argparse.Namespace) -> int:
     cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
     common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
     args.out.mkdir(parents=True, exist_ok=True)
-    if step == 0:  # an earlier run's logs: kept aside, not mixed in with this one's
-        for name in ("eval.jsonl", "train.jsonl"):
-            if (args.out / name).exists():
-                (args.out / name).replace(args.out / name.replace(".jsonl", ".previous.jsonl"))
+    if step == 0:
+        common.set_aside_logs(args.out, "eval.jsonl", "train.jsonl")
     train_set, images, labels, val = load_data(args, cfg)
     split = "val" if val is not None else "train"
     if val is None:  # still measure and export: pick raw vs EMA weights on a fixed slice of the training set
@@ -301,14 +298,8 @@ def train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     common.check_options(args, "train_vq")
-    try:
+    with common.trainer_errors("train_vq", args.out):
         train(args)
-    except ARPGError as exc:  # bad folder, config, checkpoint: a message, not a traceback
-        raise SystemExit(f"train_vq: error: {exc}") from None
-    except OSError as exc:  # an --out that cannot be written, a full disk
-        raise SystemExit(f"train_vq: error: {exc.strerror or exc}: {exc.filename or ''}") from None
-    except KeyboardInterrupt:  # Ctrl-C before training began (encoding), or a second one during it
-        raise SystemExit(f"train_vq: interrupted; the last checkpoint saved in {args.out} (if any) is kept") from None
 
 
 if __name__ == "__main__":
