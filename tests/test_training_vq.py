@@ -318,3 +318,91 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     (shared / "loop").symlink_to(train / "0_red", target_is_directory=True)  # a link back up
     ds = ImageFolderDataset(train, 16)
     assert ds.class_counts() == [5, 4]
+
+
+def _twemoji_package(root, codepoints, skin=None):
+    """A folder laid out as npm unpacks emoji-datasource-twitter: emoji.json, package.json and
+    img/twitter/64/<image>.png, each drawing a red 20x10 block in the top-left corner of a transparent
+    64x64 image (the drawing must come out centred on white)."""
+    images = root / "img" / "twitter" / "64"
+    images.mkdir(parents=True)
+    table = []
+    for cp in codepoints:
+        entry = {"unified": cp, "image": f"{cp.lower()}.png", "has_img_twitter": True, "category": "x"}
+        if skin and cp == skin[0]:
+            entry["skin_variations"] = {"1F3FB": {"unified": skin[1], "image": f"{skin[1].lower()}.png",
+                                                  "has_img_twitter": True}}
+        table.append(entry)
+    table.append({"unified": "1F9FF", "image": "1f9ff.png", "has_img_twitter": False})  # listed, no drawing
+    for name in [e["image"] for e in table if e["has_img_twitter"]] + ([f"{skin[1].lower()}.png"] if skin else []):
+        drawing = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        drawing.paste((220, 0, 0, 255), (0, 0, 20, 10))
+        drawing.save(images / name)
+    (root / "emoji.json").write_text(json.dumps(table))
+    (root / "package.json").write_text(json.dumps({"name": "emoji-datasource-twitter", "version": "16.0.0"}))
+    return root
+
+
+def test_twemoji_source_reads_the_npm_package_as_folder_or_tgz(tmp_path):
+    import tarfile
+
+    from arpg_core.data import emoji
+
+    folder = _twemoji_package(tmp_path / "package", ["1F600", "1F44B"], skin=("1F44B", "1F44B-1F3FB"))
+    tgz = tmp_path / "emoji-datasource-twitter-16.0.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:  # npm packs everything under package/
+        tar.add(folder, arcname="package")
+    drawings = []
+    for source in (emoji.TwemojiSource(folder), emoji.TwemojiSource(tgz)):
+        assert source.version == "16.0.0" and sorted(source.images) == ["1F44B", "1F44B-1F3FB", "1F600"]
+        assert source.drawing("1f44b-1f3fb", 32) is not None  # skin variations found, any case
+        assert source.drawing("1F9FF", 32) is None and source.drawing("2764-FE0F", 32) is None
+        pixels = np.asarray(source.drawing("1F600", 32)).astype(int)
+        assert pixels.shape == (32, 32, 3)
+        assert (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()  # corners white: moved off the corner
+        assert (pixels[15, 16] == [220, 0, 0]).all()  # the block now at the centre, scaled to the width
+        drawings.append(pixels)
+    assert (drawings[0] == drawings[1]).all()
+    with pytest.raises(DataError, match="npm pack emoji-datasource-twitter"):
+        emoji.TwemojiSource(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no readable emoji.json.*npm pack"):
+        emoji.TwemojiSource(tmp_path / "package" / "img")
+    (tmp_path / "junk.tgz").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="not a readable .tgz"):
+        emoji.TwemojiSource(tmp_path / "junk.tgz")
+    (folder / "emoji.json").write_text("[]")
+    with pytest.raises(DataError, match="lists no Twemoji images"):
+        emoji.TwemojiSource(folder)
+
+
+def test_emoji_builder_adds_twemoji_to_training_images_only(tmp_path):
+    """With --twemoji, each training emoji gets a second drawing beside its Noto one; held-out emoji
+    get none, so the held-out split stays the Noto one; emoji the package lacks are listed."""
+    from arpg_core.data import emoji
+
+    if not (emoji.EMOJI_TEST.is_file() and emoji.EMOJI_FONT.is_file()):
+        pytest.skip("the Debian emoji packages are not installed")
+    lines, train, val = [], [], []
+    for line in emoji.EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group: Smileys"):
+            lines.append(line)
+        elif "; fully-qualified" in line and len(lines) > 0:
+            cp = "-".join(line.split(";")[0].split())
+            picked, wanted = (train, 3) if emoji.split_of(cp) == "train" else (val, 1)
+            if len(picked) < wanted:
+                picked.append(cp)
+                lines.append(line)
+            if len(train) == 3 and len(val) == 1:
+                break
+    trimmed = tmp_path / "emoji-test.txt"
+    trimmed.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    package = _twemoji_package(tmp_path / "package", train[:2] + val)  # train[2] missing from the package
+    meta = emoji.build(tmp_path / "out", 32, emoji_test=trimmed, twemoji=package)
+    twemoji = sorted(p.name for p in (tmp_path / "out").rglob("*.twemoji.png"))
+    assert twemoji == sorted(f"{cp}.twemoji.png" for cp in train[:2])
+    assert all(p.parent.parent.name == "train" for p in (tmp_path / "out").rglob("*.twemoji.png"))
+    assert meta["counts"]["train"]["Smileys & Emotion"] == 3 and meta["counts"]["val"]["Smileys & Emotion"] == 1
+    assert meta["counts"]["train_twemoji"]["Smileys & Emotion"] == 2 and meta["twemoji_missing"] == [train[2]]
+    assert "16.0.0" in meta["sources"]["twemoji"]
+    with pytest.raises(SystemExit, match="npm pack"):
+        emoji.main(["--out", str(tmp_path / "x"), "--twemoji", str(tmp_path / "nowhere")])

@@ -1,9 +1,16 @@
 """Build the emoji class-conditional data set from the system emoji font.
 
     python -m arpg_core.data.emoji --out data/emoji --size 64
+    python -m arpg_core.data.emoji --out data/emoji-mix --twemoji emoji-datasource-twitter-16.0.0.tgz
 
 Classes are the 9 emoji groups of `emoji-test.txt` (group `Component` skipped). Images land in
 `<out>/<split>/<class_index>_<slug>/<codepoints>.png`, readable by `ImageFolderDataset`.
+
+`--twemoji` adds a second drawing of every training emoji: Twitter's Twemoji (CC-BY 4.0), from the
+npm package `emoji-datasource-twitter` (`npm pack emoji-datasource-twitter@16.0.0`; the .tgz or its
+unpacked folder). They land beside the Noto ones as `<codepoints>.twemoji.png`, prepared the same
+way. Held-out emoji get no Twemoji drawing at all, so the held-out split is the Noto one, unchanged,
+and no held-out emoji is seen in training in either style.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import re
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +96,12 @@ def render(text: str, font: ImageFont.FreeTypeFont, size: int, margin: float = 0
     """Glyph -> RGB `size` x `size` on white, centred; None when the font draws nothing."""
     canvas = Image.new("RGBA", (FONT_SIZE * 4, FONT_SIZE * 2), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((FONT_SIZE // 2, FONT_SIZE // 2), text, font=font, embedded_color=True)
+    return centred(canvas, size, margin)
+
+
+def centred(canvas: Image.Image, size: int, margin: float = 0.06) -> Image.Image | None:
+    """RGBA drawing -> its opaque part cropped, centred on a white square with `margin` each side,
+    resized to `size`; None when nothing in it is opaque."""
     box = canvas.getchannel("A").getbbox()
     if box is None:
         return None
@@ -95,6 +110,62 @@ def render(text: str, font: ImageFont.FreeTypeFont, size: int, margin: float = 0
     square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
     square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
     return square.convert("RGB").resize((size, size), Image.LANCZOS)
+
+
+TWEMOJI_PACKAGE = "emoji-datasource-twitter"
+TWEMOJI_IMAGES = "img/twitter/64"
+TWEMOJI_HINT = f"npm pack {TWEMOJI_PACKAGE}@16.0.0"
+
+
+class TwemojiSource:
+    """Twemoji drawings by codepoints ("1F469-200D-1F4BB"), from the emoji-datasource-twitter npm
+    package: its .tgz as npm packs it, or the folder it unpacks to (holding emoji.json)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._tar = None
+        if self.path.is_file():
+            try:
+                self._tar = tarfile.open(self.path)
+                members = {m.name.split("/", 1)[-1]: m for m in self._tar.getmembers() if m.isfile()}
+            except (tarfile.TarError, OSError) as exc:
+                raise DataError(f"{self.path} is not a readable .tgz of {TWEMOJI_PACKAGE} ({exc})") from None
+            self._members = members
+        elif not self.path.is_dir():
+            raise DataError(f"{self.path} does not exist; get the package with: {TWEMOJI_HINT}")
+        try:
+            table = json.loads(self._read("emoji.json"))
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"{self.path} holds no readable emoji.json of {TWEMOJI_PACKAGE} ({exc}); "
+                            f"get the package with: {TWEMOJI_HINT}") from None
+        self.images: dict[str, str] = {}
+        for entry in table if isinstance(table, list) else []:
+            variants = [entry, *(entry.get("skin_variations") or {}).values()]
+            for v in variants:
+                if isinstance(v, dict) and v.get("has_img_twitter") and v.get("unified") and v.get("image"):
+                    self.images[str(v["unified"]).upper()] = str(v["image"])
+        if not self.images:
+            raise DataError(f"{self.path}/emoji.json lists no Twemoji images; is it {TWEMOJI_PACKAGE}?")
+        try:
+            self.version = json.loads(self._read("package.json")).get("version", "unknown")
+        except (OSError, KeyError, ValueError):
+            self.version = "unknown"
+
+    def _read(self, name: str) -> bytes:
+        if self._tar is not None:
+            return self._tar.extractfile(self._members[name]).read()
+        return (self.path / name).read_bytes()
+
+    def drawing(self, codepoints: str, size: int) -> Image.Image | None:
+        """The emoji's Twemoji, prepared as `render` prepares a glyph; None when the package has none."""
+        name = self.images.get(codepoints.upper())
+        if name is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(self._read(f"{TWEMOJI_IMAGES}/{name}"))) as image:
+                return centred(image.convert("RGBA"), size)
+        except (OSError, KeyError, ValueError, Image.DecompressionBombError):
+            return None
 
 
 def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
@@ -107,13 +178,15 @@ def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
     }
 
 
-def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT) -> dict:
+def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT,
+          twemoji: Path | None = None) -> dict:
     check_sources(emoji_test, font_path)
+    extra = TwemojiSource(twemoji) if twemoji is not None else None
     groups, entries = parse_emoji_test(emoji_test)
     font = ImageFont.truetype(str(font_path), FONT_SIZE)
     folders = {g: f"{i}_{slug(g)}" for i, g in enumerate(groups)}
     counts: Counter[tuple[str, str]] = Counter()
-    skipped = []
+    skipped, missing_twemoji = [], []
     for entry in tqdm(entries, desc="render", unit="emoji"):
         image = render(entry.text, font, size)
         if image is None:
@@ -124,6 +197,13 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{entry.codepoints}.png")
         counts[(split, entry.group)] += 1
+        if extra is not None and split == "train":
+            drawing = extra.drawing(entry.codepoints, size)
+            if drawing is None:
+                missing_twemoji.append(entry.codepoints)
+            else:
+                drawing.save(folder / f"{entry.codepoints}.twemoji.png")
+                counts[("twemoji", entry.group)] += 1
     meta = {
         "classes": groups,
         "folders": [folders[g] for g in groups],
@@ -132,6 +212,10 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
         "skipped_empty": skipped,
         "sources": source_versions(emoji_test, font_path),
     }
+    if extra is not None:
+        meta["counts"]["train_twemoji"] = {g: counts[("twemoji", g)] for g in groups}
+        meta["twemoji_missing"] = missing_twemoji
+        meta["sources"]["twemoji"] = f"{extra.path} ({TWEMOJI_PACKAGE} {extra.version}; images CC-BY 4.0)"
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
@@ -143,11 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("data/emoji"))
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--twemoji", type=Path, default=None, metavar="PACKAGE",
+                        help=f"also draw each training emoji as Twemoji, from this .tgz or folder ({TWEMOJI_HINT})")
     args = parser.parse_args(argv)
     if not 8 <= args.size <= 1024:
         parser.error(f"--size must be 8 to 1024 pixels (got {args.size})")
     try:
-        meta = build(args.out, args.size)
+        meta = build(args.out, args.size, twemoji=args.twemoji)
     except DataError as exc:  # the font or the list missing: the install hint, not a traceback
         raise SystemExit(f"emoji: error: {exc}") from None
     for split, per_class in meta["counts"].items():
