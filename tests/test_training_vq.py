@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,23 @@ def test_lr_and_balance():
     assert weights[:3].sum() == pytest.approx(weights[3])
     groups = common.param_groups(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)), 0.1)
     assert [len(g["params"]) for g in groups] == [1, 3]
+
+
+def test_bf16_note_reads_the_cpu_flags(tmp_path):
+    def cpu(flags: str) -> Path:
+        path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        path.write_text(f"processor\t: 0\nmodel name\t: Xeon\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        return path
+
+    plain, amx, bf16 = cpu("fpu sse avx2 avx512f avx512bw"), cpu("avx512f amx_bf16 amx_tile"), cpu("avx512_bf16")
+    assert [common.native_bf16(p) for p in (plain, amx, bf16)] == [False, True, True]
+    assert common.native_bf16(tmp_path / "missing") is None and common.native_bf16(cpu("")) is False
+    assert "3x slower" in common.bf16_note(True, plain)
+    assert common.bf16_note(False, plain) is None and common.bf16_note(True, amx) is None
+    assert common.bf16_note(True, tmp_path / "missing") is None  # unknown CPU: say nothing
+    no_flags = tmp_path / "noflags"
+    no_flags.write_text("processor\t: 0\n")
+    assert common.native_bf16(no_flags) is None
 
 
 def test_eval_vq_reports_psnr_and_codes(tmp_path, capsys):

@@ -173,6 +173,28 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); None where that cannot be read
+    (not Linux). Without it bf16 autocast is emulated: the 20-layer emoji ARPG took 13.5 s a step
+    with --bf16 and 4.5 s without on a 2-core AVX-512 Xeon lacking both."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_note(bf16: bool, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """A line to print when --bf16 was asked for on a CPU that would emulate it."""
+    if bf16 and native_bf16(cpuinfo) is False:
+        return ("note: this CPU has neither AVX512-BF16 nor AMX, so --bf16 autocast is emulated and "
+                "runs about 3x slower than float32 here; drop --bf16 unless memory is the limit")
+    return None
+
+
 def class_balanced_weights(labels: list[int] | torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Per-sample weights ∝ 1 / count(class)^alpha (0 = natural frequencies, 1 = balanced)."""
     labels = torch.as_tensor(labels, dtype=torch.long)

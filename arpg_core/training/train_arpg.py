@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast: only worth it on CPUs with native bf16 (AVX512-BF16/AMX); ~10x slower on AVX2")
+                   help="bf16 autocast: only worth it on CPUs with native bf16 (AVX512-BF16/AMX); emulated, "
+                   "so 3x slower than float32, on AVX-512 alone (the trainer says so when it starts)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     return p.parse_args(argv)
 
@@ -345,6 +346,8 @@ def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, ini
 
 def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if note := common.bf16_note(args.bf16):
+        print(note, flush=True)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     tok_path = resolve_source(args.tokenizer)  # a path, or hf://... through the hub cache

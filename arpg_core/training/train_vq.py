@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (slow on CPUs without AVX512-BF16)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (emulated, so slower than float32, on CPUs without AVX512-BF16/AMX)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--init", type=Path, help="start a new run from these tokenizer weights (a .safetensors/.pt file)")
@@ -238,6 +239,8 @@ def build(args):
 def train(args: argparse.Namespace) -> int:
     """Runs to args.steps (or until SIGINT/SIGTERM); returns the step reached."""
     torch.set_num_threads(args.threads)
+    if note := common.bf16_note(args.bf16):
+        print(note, flush=True)
     torch.manual_seed(args.seed)
     cfg, model, ema, optimizer, step = build(args)  # before the folder exists: a refused run leaves none
     common.check_steps_left(step, args.steps, args.out / common.CHECKPOINT_NAME)
