@@ -38,6 +38,7 @@ log = logging.getLogger("arpg.app")
 
 FRAME_INTERVAL = 0.08  # seconds between rendered frames; the first and the last always go out
 UNCONDITIONAL = -1
+FIRST_GROUP = -2  # a model of subclasses: group g is the choice FIRST_GROUP - g ("any of the group's classes")
 MAX_IMAGES = 4  # per generate call
 
 try:  # on a ZeroGPU Space the runs borrow a GPU; elsewhere this is a no-op
@@ -119,8 +120,14 @@ class Studio:
         return self.cache.get(model)
 
     def class_choices(self, model: str | None = None) -> list[tuple[str, int]]:
-        names = self.pipeline(model).class_names
-        if len(names) > 50:  # ImageNet: the index helps tell the two "crane"s apart
+        pipe = self.pipeline(model)
+        names = pipe.class_names
+        if pipe.class_groups:  # each group (any of its classes, by the seed), then its classes
+            choices = []
+            for g, group in enumerate(pipe.group_names):
+                choices.append((f"{group} (any)", FIRST_GROUP - g))
+                choices += [(names[k], k) for k, owner in enumerate(pipe.class_groups) if owner == group]
+        elif len(names) > 50:  # ImageNet: the index helps tell the two "crane"s apart
             choices = [(f"{i} · {name}", i) for i, name in enumerate(names)]
         else:
             choices = [(name, i) for i, name in enumerate(names)]
@@ -221,7 +228,7 @@ class Studio:
         options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
         if not 1 <= int(num_images) <= MAX_IMAGES:
             raise gr.Error(f"Number of images must be between 1 and {MAX_IMAGES}.")
-        labels = [self._label(label)] * int(num_images)
+        labels = [self._label(label, pipeline, int(seed or 0) + i) for i in range(int(num_images))]
         frames = pipeline.generate(labels, seed=int(seed or 0), options=options)
         for image, counter, run, results in self._stream(pipeline, frames, model, blank=True):
             yield results or gr.skip(), image, counter, run  # the last results stay until new ones come
@@ -257,7 +264,8 @@ class Studio:
             raise gr.Error("The mask is empty: paint over the region to regenerate with the brush.")
         pipeline = self.pipeline(model)
         options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
-        frames = pipeline.inpaint(image, mask, self._label(label), seed=int(seed or 0), options=options)
+        seed = int(seed or 0)
+        frames = pipeline.inpaint(image, mask, self._label(label, pipeline, seed), seed=seed, options=options)
         yield from self._edit(pipeline, frames, model)
 
     @gpu
@@ -286,7 +294,8 @@ class Studio:
         pad = tuple(int(p or 0) for p in (top, right, bottom, left))
         pipeline = self.pipeline(model)
         options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
-        frames = pipeline.outpaint(image, pad, self._label(label), seed=int(seed or 0), options=options)
+        seed = int(seed or 0)
+        frames = pipeline.outpaint(image, pad, self._label(label, pipeline, seed), seed=seed, options=options)
         yield from self._edit(pipeline, frames, model)
 
     @gpu
@@ -310,7 +319,8 @@ class Studio:
             raise gr.Error("Upload an image (or pick an example) to expand.")
         pipeline = self.pipeline(model)
         options = sampling_options(steps, cfg_scale, cfg_schedule, schedule, temperature, top_k, top_p, order)
-        frames = pipeline.expand(image, self._label(label), seed=int(seed or 0), options=options)
+        seed = int(seed or 0)
+        frames = pipeline.expand(image, self._label(label, pipeline, seed), seed=seed, options=options)
         yield from self._edit(pipeline, frames, model)
 
     def _edit(self, pipeline: Pipeline, frames: Iterator[Frame], model: str | None):
@@ -318,8 +328,13 @@ class Studio:
             yield results[0] if results else gr.skip(), image, counter, run
 
     @staticmethod
-    def _label(label) -> int:
-        return int(label) if label is not None else UNCONDITIONAL
+    def _label(label, pipeline: Pipeline, seed: int) -> int:
+        """The class index of a picker value; a group's value (FIRST_GROUP - g) becomes the class
+        of that group the seed draws (image i of a batch has seed + i: the group's classes in turn)."""
+        if label is None:
+            return UNCONDITIONAL
+        label = int(label)
+        return pipeline.group_label(FIRST_GROUP - label, seed) if label <= FIRST_GROUP else label
 
     # ---- after a run: replay, order map, animation ---------------------------------------------
     @user_errors

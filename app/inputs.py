@@ -198,5 +198,7 @@ class ClassPicker(gr.Dropdown):
         if payload is not None and payload not in values:
             classes = [v for v in values if isinstance(v, int) and v >= 0]
             span = f"0–{max(classes)}" if classes else "none"
+            groups = [v for v in values if isinstance(v, int) and v < -1]
+            span += f", {max(groups)} to {min(groups)} for a group" if groups else ""
             raise gr.Error(f"Class {payload!r} is not one of this model's classes ({span}, or -1 for unconditional).")
         return super().preprocess(payload)

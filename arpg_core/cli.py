@@ -162,7 +162,7 @@ def cmd_sample(args) -> None:
     with Distributed() as dist:
         out = writable_dir(Path(args.out))  # on every rank: one failing alone would leave the rest at a barrier
         pipe = load_pipeline(args, device=dist.device(args.device))
-        labels = [c for c in parse_classes(args.classes, len(pipe.class_names)) for _ in range(args.per_class)]
+        labels = sample_labels(args, pipe)
         opts = sampling_options(args)
         check_run_record(out, run_record(args, pipe, labels, opts), write=dist.is_main)
         if dist.is_main:
@@ -185,6 +185,28 @@ def cmd_sample(args) -> None:
             npz = write_npz(out, len(labels))
             size = pipe.image_size
             print(f"wrote {len(labels)} images and {npz} ({len(labels)} x {size} x {size} x 3 uint8)")
+
+
+def sample_labels(args, pipe: Pipeline) -> list[int]:
+    """Image i's class: --classes in turn, --per-class images each; with --groups, --classes names groups
+    of a model of subclasses, and image i takes the class of its group that seed + i draws."""
+    if not args.groups:
+        return [c for c in parse_classes(args.classes, len(pipe.class_names)) for _ in range(args.per_class)]
+    if not pipe.group_names:
+        raise CLIError("--groups needs a model trained on subclasses (train_arpg --subclasses); this one has none")
+    groups = [g for g in parse_classes(args.classes, len(pipe.group_names)) for _ in range(args.per_class)]
+    return [pipe.group_label(g, args.seed + i) for i, g in enumerate(groups)]
+
+
+def edit_label(args, pipe: Pipeline) -> int:
+    """--class, or the class of --group that --seed draws."""
+    if args.group is None:
+        return args.class_
+    if not pipe.group_names:
+        raise CLIError("--group needs a model trained on subclasses (train_arpg --subclasses); this one has none")
+    if not 0 <= args.group < len(pipe.group_names):
+        raise CLIError(f"--group {args.group} out of range: this model has groups 0..{len(pipe.group_names) - 1}")
+    return pipe.group_label(args.group, args.seed)
 
 
 RUN_RECORD = "sample-run.json"
@@ -302,19 +324,22 @@ def cmd_inpaint(args) -> None:
     image = read_image(args.image)
     mask = read_mask(args.mask, image.size)
     opts, target = edit_settings(args)
-    run_edit(target, load_pipeline(args).inpaint(image, mask, args.class_, args.seed, opts))
+    pipe = load_pipeline(args)
+    run_edit(target, pipe.inpaint(image, mask, edit_label(args, pipe), args.seed, opts))
 
 
 def cmd_outpaint(args) -> None:
     image, pad = read_image(args.image), parse_pad(args.pad)
     opts, target = edit_settings(args)
-    run_edit(target, load_pipeline(args).outpaint(image, pad, args.class_, args.seed, opts))
+    pipe = load_pipeline(args)
+    run_edit(target, pipe.outpaint(image, pad, edit_label(args, pipe), args.seed, opts))
 
 
 def cmd_expand(args) -> None:
     image = read_image(args.image)
     opts, target = edit_settings(args)
-    run_edit(target, load_pipeline(args).expand(image, args.class_, args.seed, opts, windowed=args.windowed))
+    pipe = load_pipeline(args)
+    run_edit(target, pipe.expand(image, edit_label(args, pipe), args.seed, opts, windowed=args.windowed))
 
 
 def cmd_bench(args) -> None:
@@ -337,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--classes", default="all", help="'all', '3', '0,2,5', '0-9' (default: all)")
+    p.add_argument("--groups", action="store_true", help="--classes names class groups of a model trained on "
+                   "subclasses (the emoji model's 9 groups); image i takes the class of its group that seed + i draws")
     p.add_argument("--per-class", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder")
@@ -349,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_model_args(p)
         add_sampling_args(p)
         p.add_argument("--image", required=True)
-        p.add_argument("--class", dest="class_", type=int, default=-1, help="class of the new content (-1 = none)")
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--class", dest="class_", type=int, default=-1, help="class of the new content (-1 = none)")
+        which.add_argument("--group", type=int, default=None, help="a class group of a model trained on subclasses "
+                           "instead: the new content takes the class of the group that --seed draws")
         p.add_argument("--out", required=True, help="output file (.png, .jpg, .webp ...: the extension picks the "
                        "format) or folder (a PNG named after the image)")
         if name == "inpaint":

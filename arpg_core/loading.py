@@ -259,6 +259,12 @@ def _load(source, config, kind: str, dtype, device):
     if names is not None and not all(isinstance(n, str) for n in names):
         raise CorruptCheckpointError(f"{path.name}: its class names are not all text")
     module.class_names = names
+    groups = _metadata_json(meta, "class_groups", list, path.name) if ours and "class_groups" in meta else None
+    if groups is not None and (kind != "arpg" or len(groups) != cfg.num_classes
+                               or not all(isinstance(g, str) and g for g in groups)):
+        raise CorruptCheckpointError(f"{path.name}: its class groups are not one name for each of its "
+                                     f"{getattr(cfg, 'num_classes', 0)} classes")
+    module.class_groups = groups
     return module.eval().requires_grad_(False)
 
 
@@ -314,6 +320,11 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
     names = class_names if class_names is not None else getattr(module, "class_names", None)
     if names is not None:
         meta["class_names"] = json.dumps(list(names))
+    groups = getattr(module, "class_groups", None)  # subclasses: the group each class belongs to
+    if groups is not None:
+        if len(groups) != module.config.num_classes:
+            raise ConfigError(f"{len(groups)} class groups for {module.config.num_classes} classes")
+        meta["class_groups"] = json.dumps(list(groups))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # a reader never sees a half-written file

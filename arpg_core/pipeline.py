@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from arpg_core.classes import group_label, group_names
 from arpg_core.errors import ConfigError, SamplingError
 from arpg_core.imageio import MAX_PIXELS, open_image, to_pil, to_tensor
 from arpg_core.loading import load_model, load_tokenizer
@@ -104,6 +105,10 @@ class Pipeline:
         if names and len(names) != model.config.num_classes:
             raise ConfigError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
         self.class_names = list(names) if names else [f"class {i}" for i in range(model.config.num_classes)]
+        groups = getattr(model, "class_groups", None)
+        if groups and len(groups) != model.config.num_classes:
+            raise ConfigError(f"{len(groups)} class groups for a model with {model.config.num_classes} classes")
+        self.class_groups = list(groups) if groups else None  # subclasses: the group of each class
         self.cell = tokenizer.config.downsample
         self.device = model.embeddings.weight.device
         with torch.inference_mode():  # pending cells decode as the code of a flat grey patch
@@ -127,6 +132,15 @@ class Pipeline:
     @property
     def image_size(self) -> int:
         return self.grid * self.cell
+
+    @property
+    def group_names(self) -> list[str]:
+        """The class groups of a model trained on subclasses ([] for others)."""
+        return group_names(self.class_groups)
+
+    def group_label(self, group: int, seed: int) -> int:
+        """The class of the group-th group that `seed` draws: the group's classes in turn, seed by seed."""
+        return group_label(self.class_groups, group, seed)
 
     # ---- conversions -------------------------------------------------------------------------
     def label(self, label: int | None) -> int:

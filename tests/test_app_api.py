@@ -345,3 +345,39 @@ def test_summaries_of_stopped_failed_and_refused_runs(monkeypatch):
     with pytest.raises(gr.Error, match="something went wrong"):
         list(frames)
     assert "failed" in studio.summarize(run)[3]
+
+
+def test_a_model_of_subclasses_offers_each_group_and_its_classes(tmp_path):
+    """A model trained with --subclasses: the picker lists each group ("any", a value below -1) with
+    its classes under it; picking a group gives image i the class of the group that seed + i draws."""
+    import warnings
+
+    import torch
+
+    import arpg_core
+    from app.handlers import FIRST_GROUP, Studio
+    from app.models import ModelCache, ModelSpec
+
+    torch.manual_seed(0)
+    model = arpg_core.build_model(dict(dim=64, n_layer=2, n_head=1, vocab_size=64, num_classes=3, grid_size=16,
+                                       multiple_of=32))
+    torch.nn.init.normal_(model.embeddings.weight)  # classes that differ, so their images do
+    model.class_names = ["Red / dark", "Red / light", "Blue / sky"]
+    model.class_groups = ["Red", "Red", "Blue"]
+    path = arpg_core.save_checkpoint(model, tmp_path / "sub.safetensors")
+    vq = arpg_core.save_checkpoint(arpg_core.build_tokenizer("VQ-tiny"), tmp_path / "vq.safetensors")
+    studio = Studio(ModelCache({"sub": ModelSpec("sub", str(path), str(vq), 4.0, "test")}))
+    assert studio.class_choices() == [("Red (any)", FIRST_GROUP), ("Red / dark", 0), ("Red / light", 1),
+                                      ("Blue (any)", FIRST_GROUP - 1), ("Blue / sky", 2),
+                                      ("(no class: unconditional)", -1)]
+
+    def images(label, num_images=2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            *_, (gallery, *_) = studio.generate(label=label, seed=4, num_images=num_images, steps=2)
+        return [np.asarray(im) for im in gallery]
+
+    red = images(FIRST_GROUP)  # seeds 4 and 5: the group's classes 0 and 1 in turn
+    assert np.array_equal(red[0], images(0)[0]) and np.array_equal(red[1], images(1)[1])
+    assert not np.array_equal(red[1], images(0)[1])
+    assert np.array_equal(images(FIRST_GROUP - 1)[0], images(2)[0])

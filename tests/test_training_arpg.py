@@ -409,3 +409,82 @@ def test_grow_deepens_a_trained_model_without_changing_its_logits(tmp_path, caps
     with pytest.raises(SystemExit, match="cannot write"):
         grow.main(f"--model {out / 'arpg.safetensors'} --layers 4 --out {tmp_path / 'taken'}".split())
     assert not (tmp_path / "taken.tmp").exists()  # the weights it could not place are not left behind
+
+
+def test_subclasses_train_on_from_a_model_of_their_groups(tmp_path, capsys):
+    """--subclasses: each sub-folder is a class, grouped under its class folder. --init from a model of
+    the groups starts each subclass as its group (same logits), the export records the groups, the
+    sample sheet has a row per group, eval_arpg adds the loss told only the group, and a pipeline
+    asking for a group takes its subclasses in turn, seed by seed."""
+    from arpg_core.pipeline import Pipeline
+    from arpg_core.training import eval_arpg
+
+    vq_path, out, args = _tiny_run(tmp_path)
+    main(args + "--steps 2 --threads 1".split())
+    groups_model = arpg_core.load_model(out / "arpg.safetensors")
+    for split in ("train", "val"):  # red split in two sub-folders, blue in one
+        red = sorted((tmp_path / split / "0_red").glob("*.png"))
+        for i, f in enumerate(red):
+            (f.parent / ("dark" if i % 2 else "light")).mkdir(exist_ok=True)
+            f.rename(f.parent / ("dark" if i % 2 else "light") / f.name)
+        for f in sorted((tmp_path / split / "1_blue").glob("*.png")):
+            (f.parent / "sky").mkdir(exist_ok=True)
+            f.rename(f.parent / "sky" / f.name)
+    base = [a for a in args if a not in ("--out", str(out))]
+    sub = tmp_path / "sub"
+    main(base + f"--out {sub} --init {out / 'arpg.safetensors'} --subclasses --steps 1 --lr 1e-9 --warmup 1 "
+                "--threads 1 --sample-every 1".split())
+    assert "its 2 classes split into the data's 3 subclasses" in capsys.readouterr().out
+    model = arpg_core.load_model(sub / "arpg.safetensors")
+    assert model.config.num_classes == 3 and model.class_names == ["0_red/dark", "0_red/light", "1_blue/sky"]
+    assert model.class_groups == ["0_red", "0_red", "1_blue"]
+    torch.manual_seed(0)
+    tokens, order = torch.randint(0, 64, (4, 256)), torch.stack([torch.randperm(256) for _ in range(4)])
+    with torch.no_grad():  # subclass k starts as its group (lr 1e-9: one step moves nothing visible)
+        split = model(tokens, torch.tensor([0, 1, 2, -1]), order)
+        grouped = groups_model(tokens, torch.tensor([0, 0, 1, -1]), order)
+    assert torch.allclose(split, grouped, atol=1e-3)
+    sheet = Image.open(sub / "samples" / "step_000001.png")
+    assert sheet.height == 2 * 32  # a row per group, not per subclass
+
+    result = eval_arpg.main(f"--model {sub / 'arpg.safetensors'} --tokenizer {vq_path} --data {tmp_path / 'val'} "
+                            f"--train {tmp_path / 'train'} --orders 2".split())
+    assert list(result["loss_nats_per_class"]) == ["0_red", "1_blue"] and result["loss_conditions_on"] == "subclass"
+    # just split, a group's subclasses predict alike: told only the group, the loss is the same
+    assert abs(result["loss_nats_given_group"] - result["loss_nats"]) < 0.01
+
+    assets = tmp_path / "assets"
+    export(str(vq_path), str(sub / "arpg.safetensors"), assets, per_class=2)
+    shipped = arpg_core.load_model(assets / "arpg_emoji.safetensors")
+    assert shipped.class_groups == model.class_groups
+    pipe = Pipeline(shipped, arpg_core.load_tokenizer(assets / "vq_emoji.safetensors"))
+    assert pipe.group_names == ["0_red", "1_blue"]
+    assert [pipe.group_label(0, seed) for seed in range(4)] == [0, 1, 0, 1] and pipe.group_label(1, 5) == 2
+    with pytest.raises(arpg_core.errors.SamplingError, match="group 2 does not exist"):
+        pipe.group_label(2, 0)
+    with pytest.raises(SystemExit, match="not the groups"):  # --init whose classes are not the groups
+        (tmp_path / "train" / "1_blue" / "sky").rename(tmp_path / "train" / "1_blue" / "night")
+        (tmp_path / "train" / "0_red").rename(tmp_path / "train" / "0_rose")
+        main(base + f"--out {tmp_path / 'x'} --init {out / 'arpg.safetensors'} --subclasses --steps 1 "
+                    "--threads 1".split())
+
+
+def test_group_marginal_is_the_mixture_of_the_subclasses(monkeypatch):
+    """-log sum_s p(s | g) p(x | s), per token: checked against the sum written out, for an image of
+    a group with two subclasses (training shares 3:1) and one of a group with one."""
+    import math
+
+    from arpg_core.training import eval_arpg
+
+    nats = {(0, 0): 100.0, (0, 1): 90.0, (1, 2): 50.0}  # (image, subclass) -> summed nats of the image
+
+    def fake(model, tokens, labels, orders):
+        images = tokens[:, 0].tolist()  # the test's codes carry the image index in their first token
+        return torch.tensor([nats[(i, s)] for i, s in zip(images, labels.tolist(), strict=True)])
+
+    monkeypatch.setattr(eval_arpg, "image_nats", fake)
+    codes = torch.tensor([[0] * 4, [1] * 4])
+    result = eval_arpg.group_marginal_nats(None, codes, torch.tensor([0, 2]), torch.tensor([0, 0, 1]),
+                                           prior=torch.tensor([3.0, 1.0, 5.0]), orders=2)
+    expected = -math.log(0.75 * math.exp(-100) + 0.25 * math.exp(-90)) / 4
+    assert result.tolist() == pytest.approx([expected, 50 / 4])

@@ -262,8 +262,10 @@ def test_emoji_builder_renders_a_trimmed_list(tmp_path):
     assert meta["folders"][0] == "0_smileys-emotion" and not meta["skipped_empty"]
     files = sorted((tmp_path / "out").rglob("*.png"))
     assert len(files) == len(entries) == sum(sum(c.values()) for c in meta["counts"].values())
-    for file in files:
-        assert file.parent.parent.name == emoji.split_of(file.stem)
+    for file in files:  # <split>/<group>/<subgroup>/<codepoints>.png
+        assert file.parents[2].name == emoji.split_of(file.stem)
+        assert meta["subclasses"][f"{file.parents[1].name}/{file.parent.name}"].startswith(
+            meta["classes"][meta["folders"].index(file.parents[1].name)] + " / ")
         pixels = np.asarray(Image.open(file))
         assert pixels.shape == (32, 32, 3) and (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()
         assert (pixels[12:20, 12:20] < 250).any(), f"{file.name}: nothing drawn in the middle"
@@ -292,6 +294,25 @@ def test_nested_stray_and_unreadable_files(tmp_path, capsys):
         f.write_bytes(b"junk")
     with pytest.raises(DataError, match="none of the 5 images"):
         ImageFolderDataset(train / "1_blue", 16).load_all()
+
+
+def test_subclasses_are_the_sub_folders_of_the_class_folders(tmp_path):
+    """subclasses=True: each sub-folder of a class folder is a class ("class/sub"), grouped under its
+    class; loose images are the class folder's own class; a held-out folder numbers them the same."""
+    train = tmp_path / "train"
+    for path in ("0_red/a/1.png", "0_red/a/deep/2.png", "0_red/b/3.png", "0_red/4.png", "1_blue/c/5.png",
+                 "1_blue/empty/.keep.png"):
+        (train / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(train / path)
+    ds = ImageFolderDataset(train, 8, subclasses=True)
+    assert ds.class_names == ["0_red", "0_red/a", "0_red/b", "1_blue/c"] and ds.class_counts() == [1, 2, 1, 1]
+    assert ds.class_groups == ["0_red", "0_red", "0_red", "1_blue"]
+    assert any("1_blue/empty" in note for note in ds.notes())  # an empty sub-folder is said, not a class
+    assert ImageFolderDataset(train, 8).class_names == ["0_red", "1_blue"]  # by default, the groups
+    val = tmp_path / "val" / "1_blue" / "c"
+    val.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(val / "6.png")
+    assert ImageFolderDataset(tmp_path / "val", 8, classes=ds.class_names, subclasses=True).labels == [3]
 
 
 def test_image_reading_edge_cases(tmp_path):
@@ -418,7 +439,7 @@ def test_emoji_builder_adds_twemoji_to_training_images_only(tmp_path):
     meta = emoji.build(tmp_path / "out", 32, emoji_test=trimmed, twemoji=package)
     twemoji = sorted(p.name for p in (tmp_path / "out").rglob("*.twemoji.png"))
     assert twemoji == sorted(f"{cp}.twemoji.png" for cp in train[:2])
-    assert all(p.parent.parent.name == "train" for p in (tmp_path / "out").rglob("*.twemoji.png"))
+    assert all(p.parents[2].name == "train" for p in (tmp_path / "out").rglob("*.twemoji.png"))
     assert meta["counts"]["train"]["Smileys & Emotion"] == 3 and meta["counts"]["val"]["Smileys & Emotion"] == 1
     assert meta["counts"]["train_twemoji"]["Smileys & Emotion"] == 2 and meta["twemoji_missing"] == [train[2]]
     assert "16.0.0" in meta["sources"]["twemoji"]

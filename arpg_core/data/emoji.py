@@ -4,7 +4,10 @@
     python -m arpg_core.data.emoji --out data/emoji-mix --twemoji emoji-datasource-twitter-16.0.0.tgz
 
 Classes are the 9 emoji groups of `emoji-test.txt` (group `Component` skipped). Images land in
-`<out>/<split>/<class_index>_<slug>/<codepoints>.png`, readable by `ImageFolderDataset`.
+`<out>/<split>/<group_index>_<slug>/<subgroup_index>_<slug>/<codepoints>.png`, readable by
+`ImageFolderDataset`: by group (a class folder takes the images of its sub-folders), or with
+`subclasses=True` (the trainers' `--subclasses`) by subgroup, each group's 3 to 18 subgroups
+(`animal-mammal`, `food-fruit`, `clothing`, ...) a class of their own, grouped under their group.
 
 `--twemoji` adds a second drawing of every training emoji: Twitter's Twemoji (CC-BY 4.0), from the
 npm package `emoji-datasource-twitter` (`npm pack emoji-datasource-twitter@16.0.0`; the .tgz or its
@@ -43,6 +46,7 @@ class EmojiEntry:
     codepoints: str  # "1F600" or "1F469-200D-1F4BB"
     group: str
     name: str
+    subgroup: str = ""
 
     @property
     def text(self) -> str:
@@ -68,12 +72,15 @@ def parse_emoji_test(path: Path = EMOJI_TEST) -> tuple[list[str], list[EmojiEntr
     """-> (group names in file order, fully-qualified entries outside skipped groups)."""
     groups: list[str] = []
     entries: list[EmojiEntry] = []
-    group = None
+    group = subgroup = None
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
+            group, subgroup = line.split(":", 1)[1].strip(), ""
             if group not in SKIP_GROUPS:
                 groups.append(group)
+            continue
+        if line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
             continue
         if not line.strip() or line.startswith("#") or group in SKIP_GROUPS or group is None:
             continue
@@ -82,8 +89,21 @@ def parse_emoji_test(path: Path = EMOJI_TEST) -> tuple[list[str], list[EmojiEntr
         if status.strip() != "fully-qualified":
             continue
         name = re.sub(r"^\S+\s+E\d+\.\d+\s+", "", comment.strip())
-        entries.append(EmojiEntry("-".join(codes.split()), group, name))
+        entries.append(EmojiEntry("-".join(codes.split()), group, name, subgroup))
     return groups, entries
+
+
+def folder_names(groups: list[str], entries: list[EmojiEntry]) -> tuple[dict, dict]:
+    """-> ({group: "<i>_<slug>"}, {(group, subgroup): "<j>_<slug>"}), numbered in the file's order
+    (zero-padded, so that sorted folder names keep it)."""
+    folders = {g: f"{i}_{slug(g)}" for i, g in enumerate(groups)}
+    subgroups: dict[str, list[str]] = {g: [] for g in groups}
+    for entry in entries:
+        if entry.subgroup not in subgroups[entry.group]:
+            subgroups[entry.group].append(entry.subgroup)
+    width = len(str(max((len(s) for s in subgroups.values()), default=1) - 1))
+    subs = {(g, s): f"{j:0{width}d}_{slug(s)}" for g in groups for j, s in enumerate(subgroups[g])}
+    return folders, subs
 
 
 def split_of(codepoints: str) -> str:
@@ -184,7 +204,7 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
     extra = TwemojiSource(twemoji) if twemoji is not None else None
     groups, entries = parse_emoji_test(emoji_test)
     font = ImageFont.truetype(str(font_path), FONT_SIZE)
-    folders = {g: f"{i}_{slug(g)}" for i, g in enumerate(groups)}
+    folders, sub_folders = folder_names(groups, entries)
     counts: Counter[tuple[str, str]] = Counter()
     skipped, missing_twemoji = [], []
     for entry in tqdm(entries, desc="render", unit="emoji"):
@@ -193,7 +213,7 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
             skipped.append(entry.codepoints)
             continue
         split = split_of(entry.codepoints)
-        folder = out / split / folders[entry.group]
+        folder = out / split / folders[entry.group] / sub_folders[(entry.group, entry.subgroup)]
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{entry.codepoints}.png")
         counts[(split, entry.group)] += 1
@@ -207,6 +227,7 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
     meta = {
         "classes": groups,
         "folders": [folders[g] for g in groups],
+        "subclasses": {f"{folders[g]}/{sub}": f"{g} / {s}" for (g, s), sub in sub_folders.items()},
         "size": size,
         "counts": {s: {g: counts[(s, g)] for g in groups} for s in ("train", "val")},
         "skipped_empty": skipped,

@@ -1,6 +1,7 @@
 """Image-folder data set: `root/<class>/**/*.png` (label = index in sorted folder names; images in
 sub-folders of a class folder belong to it) or a flat folder of images (one class named after the
-folder)."""
+folder). With `subclasses=True` each sub-folder of a class folder is a class of its own, named
+`<class>/<sub>` and grouped under `<class>` (`class_groups`)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ class ImageFolderDataset(Dataset):
     that hold no images (they are not classes); `stray_images` counts images lying next to class
     folders (they belong to no class); `notes()` says both, for the trainers to print."""
 
-    def __init__(self, root: str | Path, size: int, classes: list[str] | None = None):
-        self.root, self.size = Path(root), size
+    def __init__(self, root: str | Path, size: int, classes: list[str] | None = None, subclasses: bool = False):
+        self.root, self.size, self.subclasses = Path(root), size, subclasses
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist")
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not _hidden(p))
@@ -84,7 +85,15 @@ class ImageFolderDataset(Dataset):
             train = next((n for n in splits if n.lower().startswith("train")), splits[0])
             raise DataError(f"{self.root} holds the splits {', '.join(splits)}, not classes: pass "
                             f"{self.root / train} (a 'val' folder beside it is used as the held-out set)")
-        listed = [(d.name, _images_in(d, recursive=True)) for d in dirs]  # each folder listed once
+        if subclasses:  # each sub-folder of a class folder is a class ("class/sub"), loose images the class's own
+            listed = []
+            for d in dirs:
+                loose = _images_in(d)
+                listed += [(d.name, loose)] if loose else []
+                subs = sorted(p for p in d.iterdir() if p.is_dir() and not _hidden(p))
+                listed += [(f"{d.name}/{sub.name}", _images_in(sub, recursive=True)) for sub in subs]
+        else:
+            listed = [(d.name, _images_in(d, recursive=True)) for d in dirs]  # each folder listed once
         groups = [(name, files) for name, files in listed if files]
         self.empty_classes = [name for name, files in listed if not files] if groups else []
         self.stray_images = len(_images_in(self.root)) if groups else 0
@@ -121,6 +130,11 @@ class ImageFolderDataset(Dataset):
             st = path.stat()
             h.update(f"{path.relative_to(self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         return h.hexdigest()[:12]
+
+    @property
+    def class_groups(self) -> list[str]:
+        """Each class's class folder: itself, or with `subclasses` the folder its sub-folder is in."""
+        return [name.split("/", 1)[0] for name in self.class_names]
 
     @property
     def labels(self) -> list[int]:

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 
+from arpg_core.classes import group_names
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ARPGError, ConfigError
 from arpg_core.loading import load_model, load_tokenizer
 from arpg_core.models.arpg import ARPG
 from arpg_core.tokenizer.vq import VQModel
-from arpg_core.training.objective import heldout_loss, unigram_loss
+from arpg_core.training.objective import heldout_loss, random_orders, unigram_loss
 from arpg_core.training.recognise import recognition
-from arpg_core.training.train_arpg import tokenize_folder
+from arpg_core.training.train_arpg import sheet_rows, tokenize_folder
 
 
 @torch.no_grad()
@@ -42,8 +43,9 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
     with `recognise` (needs `train`), the recognition shares of that many samples per class, by the
     colour judge and, unless `grey` is False, the colour-blind one too (a second classifier to train)."""
     size = tokenizer.config.image_size
-    train_set = ImageFolderDataset(train, size) if train else None
-    heldout = ImageFolderDataset(data, size, classes=train_set.class_names if train_set else None)
+    grouped = bool(getattr(model, "class_groups", None))  # subclasses: the folders' sub-folders are the classes
+    train_set = ImageFolderDataset(train, size, subclasses=grouped) if train else None
+    heldout = ImageFolderDataset(data, size, classes=train_set.class_names if train_set else None, subclasses=grouped)
     train_codes = tokenize_folder(tokenizer, train_set, flips=False) if train_set else None
     codes, labels = tokenize_folder(tokenizer, heldout, flips=False)
     names = heldout.class_names
@@ -51,12 +53,16 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
         raise ConfigError(f"{data} has {len(names)} classes; the model was trained on {model.config.num_classes}")
     reference = codes if train_codes is None else train_codes[0]
     readable = list(getattr(model, "class_names", None) or names)
+    # Per class, or for a model of subclasses per group (the classes its sample sheet shows and a user asks for).
+    rows = sheet_rows(model) if grouped else readable
+    row_of = torch.tensor([group_names(model.class_groups).index(g) for g in model.class_groups]) if grouped \
+        else torch.arange(len(names))
 
     def loss(idx: torch.Tensor) -> float:
         return sum(heldout_loss(model, codes[idx], labels[idx], seed=s) for s in range(orders)) / orders
 
-    per_class = {readable[c]: round(loss((labels == c).nonzero().flatten()), 4)
-                 for c in range(len(names)) if (labels == c).any()}
+    per_row = {rows[r]: round(loss((row_of[labels] == r).nonzero().flatten()), 4)
+               for r in range(len(rows)) if (row_of[labels] == r).any()}
     result = {
         "folder": str(data),
         "images": len(codes),
@@ -64,12 +70,56 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
         "unigram_nats": round(unigram_loss(reference, codes, tokenizer.config.codebook_size), 4),
         "unigram_from": str(train) if train else f"{data} (itself)",
         "orders": orders,
-        "loss_nats_per_class": per_class,
+        "loss_nats_per_class": per_row,
     }
+    if grouped:
+        result["loss_conditions_on"] = "subclass"
+        if train_codes is not None:  # the fair comparison with a model of the groups: told the group only
+            prior = torch.bincount(train_codes[1], minlength=len(names)).double()
+            marginal = group_marginal_nats(model, codes, labels, row_of, prior, orders)
+            result["loss_nats_given_group"] = round(float(marginal.mean()), 4)
+            result["loss_nats_given_group_per_class"] = {
+                rows[r]: round(float(marginal[row_of[labels] == r].mean()), 4)
+                for r in range(len(rows)) if (row_of[labels] == r).any()}
     if recognise:
-        result["recognised"] = recognition(model, tokenizer, train_codes, train_set.fingerprint(), (codes, labels),
-                                           recognise, readable, classifier, grey=grey)
+        judged = (train_codes[0], row_of[train_codes[1]])  # the judges tell the groups (the rows) apart
+        result["recognised"] = recognition(model, tokenizer, judged, train_set.fingerprint(), (codes, row_of[labels]),
+                                           recognise, rows, classifier, grey=grey)
     return result
+
+
+@torch.no_grad()
+def image_nats(model: ARPG, tokens: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """Each image's summed loss in nats [B] given its label and its order (one per row)."""
+    logits = model(tokens, labels, orders)
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens.gather(1, orders),
+                                             reduction="none").sum(1)
+
+
+@torch.no_grad()
+def group_marginal_nats(model: ARPG, codes: torch.Tensor, labels: torch.Tensor, group_of: torch.Tensor,
+                        prior: torch.Tensor, orders: int, batch: int = 64) -> torch.Tensor:
+    """Nats per token of each image [M] told only its group: -log sum_s p(s | group) p(x | s) over the
+    group's subclasses s (p(s | group) their share of the training images), one fixed random order per
+    image and seed (the same for every s), averaged over `orders` seeds."""
+    m, n = codes.shape
+    total = torch.zeros(m, dtype=torch.float64)
+    for seed in range(orders):
+        order = random_orders(m, n, generator=torch.Generator().manual_seed(seed))
+        rows, subs = [], []
+        for i in range(m):  # every (image, subclass of its group) pair
+            members = (group_of == group_of[labels[i]]).nonzero().flatten()
+            rows += [i] * len(members)
+            subs += members.tolist()
+        rows, subs = torch.tensor(rows), torch.tensor(subs)
+        nats = torch.cat([image_nats(model, codes[rows[j:j + batch]], subs[j:j + batch], order[rows[j:j + batch]])
+                          for j in range(0, len(rows), batch)]).double()
+        share = prior / prior.new_zeros(int(group_of.max()) + 1).index_add(0, group_of, prior)[group_of]
+        score = share[subs].clamp(min=1e-12).log() - nats  # log p(s | g) + log p(x | s)
+        best = torch.full((m,), -float("inf"), dtype=torch.float64).scatter_reduce(0, rows, score, "amax")
+        summed = torch.zeros(m, dtype=torch.float64).index_add(0, rows, (score - best[rows]).exp())
+        total += -(best + summed.log()) / n
+    return total / orders
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -52,6 +52,24 @@ def grow(model: ARPG, n_layer: int, seed: int = 0) -> ARPG:
     return grown.eval().requires_grad_(False)
 
 
+def split_classes(model: ARPG, parents: list[int]) -> ARPG:
+    """A float32 copy of `model` whose class k starts as class parents[k] of `model`: the same logits
+    for it, so that training on finer classes (sub-folders, `train_arpg --subclasses`) starts from a
+    model trained on their groups. The null class (for CFG) keeps its embedding."""
+    old = model.config
+    if not parents or min(parents) < 0 or max(parents) >= old.num_classes:
+        raise ConfigError(f"each new class needs a parent among the model's {old.num_classes} classes")
+    cfg = dataclasses.replace(old, num_classes=len(parents))
+    split = ARPG(cfg)
+    sd = {k: v.float() for k, v in model.state_dict().items()}
+    table, v = sd["embeddings.weight"], old.vocab_size
+    rows = [table[: v + 1], table[[v + 1 + p for p in parents]], table[old.null_class_token:]]
+    sd["embeddings.weight"] = torch.cat(rows)  # codes and mask, the classes, the null and unused rows
+    split.load_state_dict(sd)
+    split.class_names = None  # the caller names the new classes
+    return split.eval().requires_grad_(False)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported ARPG weights (path or hf://)")

@@ -206,12 +206,12 @@ def recognition(model: ARPG, tokenizer: VQModel, train: tuple[torch.Tensor, torc
     colour-blind one, which judge the same samples. The grey judge is cached beside `classifier_path`."""
     codes, labels = heldout
     real = reconstruct(tokenizer, codes)
-    made = torch.cat([class_samples(model, tokenizer, c, per_class) for c in range(model.config.num_classes)])
-    asked = torch.arange(model.config.num_classes).repeat_interleave(per_class)
+    rows = len(names)  # the model's classes, or for a model of subclasses its groups (the sheet's rows)
+    made = torch.cat([class_samples(model, tokenizer, c, per_class) for c in range(rows)])
+    asked = torch.arange(rows).repeat_interleave(per_class)
     judged = {}
     for view in VIEWS if grey else ("colour",):
-        classifier = cached_classifier(tokenizer, train, model.config.num_classes, train_key, classifier_path, log,
-                                       view=view)
+        classifier = cached_classifier(tokenizer, train, rows, train_key, classifier_path, log, view=view)
         judged[view] = {"heldout": recognised(predict(classifier, real), labels, names),
                         "samples": recognised(predict(classifier, made), asked, names)}
     colour = judged.pop("colour")

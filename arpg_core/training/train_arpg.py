@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from arpg_core.classes import group_label, group_names
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ConfigError, DataError, UnsafeCheckpointError
 from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
@@ -31,6 +32,7 @@ from arpg_core.models.arpg import ARPG, ARPGConfig
 from arpg_core.sampling.sampler import generate
 from arpg_core.tokenizer.vq import VQModel
 from arpg_core.training import common
+from arpg_core.training.grow import split_classes
 from arpg_core.training.objective import arpg_loss, heldout_loss, init_arpg_weights, unigram_loss
 
 EXPORT_NAME = "arpg.safetensors"
@@ -54,9 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--class-dropout", type=float, default=0.1)
-    p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha")
+    p.add_argument("--balance-alpha", type=float, default=0.5, help="class weights ∝ 1/count^alpha (with "
+                   "--subclasses, group weights; a group's subclasses keep their own frequencies)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="no mirrored copies (for data where left and right differ: text, arrows, digits)")
+    p.add_argument("--subclasses", action="store_true",
+                   help="each sub-folder of a class folder is a class of its own, grouped under its class "
+                   "(the emoji groups' subgroups): sharper conditions for classes of mixed things; "
+                   "--init may then be a model of the groups, each subclass starting as its group")
     p.add_argument("--augment", type=int, default=0, help="also encode this many copies of each image, shrunk "
                    "(75-100%%) and shifted on its border colour: more layouts for small classes of objects on a "
                    "plain background (emoji, icons); not for photos, whose edges it would smear")
@@ -72,20 +79,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_names_of(folder: Path, data: ImageFolderDataset) -> list[str]:
-    """Readable names from a data set's meta.json ("classes" paired with "folders", as
-    `arpg_core.data.emoji` writes it) when it names every class folder, else the folder names."""
+def class_names_of(folder: Path, data: ImageFolderDataset, folders: list[str] | None = None) -> list[str]:
+    """Readable names from a data set's meta.json ("classes" paired with "folders", and "subclasses"
+    for sub-folders, as `arpg_core.data.emoji` writes it) when it names every class folder, else the
+    folder names. `folders`: other folder names to name than the data's classes (its groups)."""
+    folders = list(data.class_names if folders is None else folders)
     for meta in (folder / "meta.json", folder.parent / "meta.json"):
         if not meta.is_file():
             continue
         try:
             info = json.loads(meta.read_text())
-            by_folder = dict(zip(info["folders"], info["classes"], strict=True))
-            return [str(by_folder[name]) for name in data.class_names]
+            by_folder = dict(zip(info["folders"], info["classes"], strict=True)) | dict(info.get("subclasses", {}))
+            return [str(by_folder[name]) for name in folders]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"{meta}: not used for class names ({type(exc).__name__}: {exc}); using the folder names",
                   flush=True)
-    return list(data.class_names)
+    return folders
+
+
+def class_groups_of(folder: Path, data: ImageFolderDataset) -> list[str] | None:
+    """With sub-folder classes, the readable name of each class's group; else None."""
+    return class_names_of(folder, data, data.class_groups) if data.subclasses else None
 
 
 def shrink_and_shift(images: torch.Tensor, generator: torch.Generator, smallest: float = 0.75) -> torch.Tensor:
@@ -134,12 +148,13 @@ def file_digest(path: Path) -> str:
 
 
 def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: Path, flips: bool,
-                 classes: list[str] | None = None, augment: int = 0, data: ImageFolderDataset | None = None):
+                 classes: list[str] | None = None, augment: int = 0, data: ImageFolderDataset | None = None,
+                 subclasses: bool = False):
     """-> (codes, labels, readable class names, class folder names). The cache is keyed by the
     tokenizer's bytes and the folder's files (names, sizes, times), so edited data is re-encoded.
     `data`: the folder already listed, if the caller has it."""
     if data is None:
-        data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes)
+        data = ImageFolderDataset(folder, tokenizer.config.image_size, classes=classes, subclasses=subclasses)
     for note in data.notes():
         print(note, flush=True)
     names = class_names_of(folder, data)
@@ -158,27 +173,42 @@ def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: P
     return codes, labels, names, data.class_names
 
 
+def row_labels(model: ARPG, row: int, count: int) -> list[int]:
+    """The classes of a sample sheet's row: the class `row`, or with subclasses (`class_groups`) the
+    subclasses of the row-th group in turn."""
+    groups = getattr(model, "class_groups", None)
+    return [group_label(groups, row, i) for i in range(count)] if groups else [row] * count
+
+
+def sheet_rows(model: ARPG) -> list[str] | None:
+    """The names of a sample sheet's rows: the groups for a model of subclasses, else its classes."""
+    groups = getattr(model, "class_groups", None)
+    return group_names(groups) if groups else getattr(model, "class_names", None)
+
+
 @torch.no_grad()
 def class_samples(model: ARPG, tokenizer: VQModel, label: int, count: int, steps: int = 64,
                   cfg_scale: float = 4.0, seed: int = 0) -> torch.Tensor:
-    """`count` decoded images [count, 3, H, W] of one class: a sample sheet's row (same seeds)."""
+    """`count` decoded images [count, 3, H, W] of one class (or group, with subclasses): a sample
+    sheet's row (same seeds)."""
     g = model.config.grid_size
     gens = [torch.Generator().manual_seed(seed + 1000 * label + i) for i in range(count)]
-    tokens = generate(model, [label] * count, steps=steps, cfg_scale=cfg_scale, generator=gens)
+    tokens = generate(model, row_labels(model, label, count), steps=steps, cfg_scale=cfg_scale, generator=gens)
     return tokenizer.decode(tokens.view(-1, g, g)).clamp(-1, 1)
 
 
 @torch.no_grad()
 def sample_sheet(model: ARPG, tokenizer: VQModel, path: Path, per_class: int = 8, steps: int = 64,
                  cfg_scale: float = 4.0, seed: int = 0) -> Path:
-    """One row per class, `per_class` samples each, decoded to pixels; labelled when the model has
-    class names."""
+    """One row per class (per group, with subclasses), `per_class` samples each, decoded to pixels;
+    labelled when the model has class names."""
+    names = sheet_rows(model)
+    count = len(names) if names else model.config.num_classes
     rows = [torch.cat(list(class_samples(model, tokenizer, c, per_class, steps, cfg_scale, seed)), dim=-1)
-            for c in range(model.config.num_classes)]
+            for c in range(count)]
     sheet = torch.cat(rows, dim=-2)
     array = ((sheet + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     image = Image.fromarray(array)
-    names = getattr(model, "class_names", None)
     if names:  # the class asked for, left of each row
         row_h, margin = image.height // len(rows), 120
         labelled = Image.new("RGB", (image.width + margin, image.height), "white")
@@ -235,11 +265,12 @@ def last_choice(out: Path, step: int) -> bool:
     return use_ema
 
 
-def snapshot(model, ema, tokenizer, step, args, names, use_ema: bool = True, sheet: bool = True) -> None:
+def snapshot(model, ema, tokenizer, step, args, names, use_ema: bool = True, sheet: bool = True,
+             groups: list[str] | None = None) -> None:
     """Exported weights (and a sample sheet), so a run can be inspected and used while it trains. The
     metadata names the tokenizer's codes, so `export` can refuse a tokenizer that encodes otherwise."""
     weights = (ema.module(model) if use_ema else copy.deepcopy(model)).eval()
-    weights.class_names = names
+    weights.class_names, weights.class_groups = names, groups
     if sheet:
         sample_sheet(weights, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
     save_checkpoint(weights, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
@@ -301,9 +332,20 @@ def load_init(source: str, tokenizer: VQModel, config: str | None = None) -> ARP
     return model
 
 
-def check_init(init: ARPG, names: list[str], source: str) -> None:
-    """The data's classes must be the model's: same count, and the same names where both have them."""
+def check_init(init: ARPG, names: list[str], source: str, groups: list[str] | None = None) -> ARPG:
+    """The data's classes must be the model's: same count, and the same names where both have them.
+    With subclasses (`groups`), a model of the groups is split: each subclass starts as its group."""
     have = init.config.num_classes
+    parents = group_names(groups) or None
+    if parents and have == len(parents) != len(names):
+        if init.class_names and list(init.class_names) != parents:
+            raise ConfigError(f"--init {source} has the classes {', '.join(init.class_names)}, not the groups "
+                              f"of the data's subclasses ({', '.join(parents)})")
+        print(f"--init {source}: its {have} classes split into the data's {len(names)} subclasses", flush=True)
+        init = split_classes(init, [parents.index(g) for g in groups])
+        init.class_names = names
+        init.shape_from_file = True
+        return init
     if have != len(names):
         raise ConfigError(f"--init {source} has {have} classes, the data {len(names)}: a class index would mean "
                           "another class")
@@ -312,6 +354,7 @@ def check_init(init: ARPG, names: list[str], source: str) -> None:
         changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in pairs if a != b]
         print(f"--init {source}: class names differ from the data's ({'; '.join(changed[:3])}); training on "
               "the data's classes by index", flush=True)
+    return init
 
 
 def build(args, state: dict | None, vocab: int, num_classes: int, grid: int, init: ARPG | None = None):
@@ -361,16 +404,18 @@ def train(args: argparse.Namespace) -> int:
         if args.init:
             print(f"resuming {args.out / common.CHECKPOINT_NAME}: --init {args.init} is not applied", flush=True)
     init = load_init(args.init, tokenizer, args.config) if args.init and not state else None
-    listed = ImageFolderDataset(args.data, tokenizer.config.image_size)  # listed once, encoded below
+    listed = ImageFolderDataset(args.data, tokenizer.config.image_size, subclasses=args.subclasses)  # once
+    groups = class_groups_of(args.data, listed)
     if init is not None:  # the class list is cheap to read; encoding is not
-        check_init(init, class_names_of(args.data, listed), args.init)
+        init = check_init(init, class_names_of(args.data, listed), args.init, groups)
     val_dir = common.held_out_folder(args.data, args.val_data, args.no_val)
     codes, labels, names, folders = cached_codes(tokenizer, digest, args.data, args.out, flips=args.flip,
                                                  augment=args.augment, data=listed)
     check_resume(state, args.out / common.CHECKPOINT_NAME, codes_digest, digest, folders)
     val = None
     if val_dir is not None:
-        val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders)[:2]
+        val = cached_codes(tokenizer, digest, val_dir, args.out, flips=False, classes=folders,
+                           subclasses=args.subclasses)[:2]
     if len(codes) == 0:
         raise DataError(f"no training images under {args.data}")
     run_id = {"tokenizer_digest": digest, "tokenizer_codes": codes_digest, "class_folders": folders}
@@ -381,7 +426,11 @@ def train(args: argparse.Namespace) -> int:
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
           f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
-    batches = common.balanced_batches(common.class_balanced_weights(labels, args.balance_alpha), args.batch_size, gen)
+    # with subclasses the draw balances the groups (the classes a user asks for), each group's
+    # subclasses at their own frequencies: a subgroup of one emoji must not weigh as much as a group
+    balance_by = labels if groups is None else torch.tensor([group_names(groups).index(g) for g in groups])[labels]
+    batches = common.balanced_batches(common.class_balanced_weights(balance_by, args.balance_alpha),
+                                      args.batch_size, gen)
     progress = common.Progress(step, args.steps, args.batch_size)
     save = lambda: common.save_checkpoint(args.out / common.CHECKPOINT_NAME, **common.training_state(
         model, ema, optimizer, step, model.config.to_dict(), class_names=names, **run_id))
@@ -405,12 +454,12 @@ def train(args: argparse.Namespace) -> int:
             if step % args.eval_every == 0 or step == args.steps:
                 use_ema = evaluate(model, ema, val, unigram, step, args, progress)
             if step % args.sample_every == 0 or step == args.steps:
-                snapshot(model, ema, tokenizer, step, args, names, use_ema)
+                snapshot(model, ema, tokenizer, step, args, names, use_ema, groups=groups)
             if step % args.save_every == 0:
                 save()
         if flag.stop and step % args.sample_every:  # stopped early: export the weights reached, skip the sheet
             save()  # first: a second signal during the export must not lose the steps since the last save
-            snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False)
+            snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False, groups=groups)
     save()
     progress.close()
     print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
