@@ -135,9 +135,10 @@ class Studio:
 
     def model_status(self, model: str) -> str:
         spec, pipe = self.cache.specs[model], self.pipeline(model)
+        groups = f" in {len(pipe.group_names)} groups" if pipe.group_names else ""
         return (
             f"**{model}**: {spec.about}. {pipe.grid}×{pipe.grid} tokens, {pipe.image_size} px, "
-            f"{len(pipe.class_names)} classes, on {pipe.device.type}."
+            f"{len(pipe.class_names)} classes{groups}, on {pipe.device.type}."
         )
 
     def switch_model(self, model: str, current: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008

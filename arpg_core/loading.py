@@ -265,6 +265,12 @@ def _load(source, config, kind: str, dtype, device):
         raise CorruptCheckpointError(f"{path.name}: its class groups are not one name for each of its "
                                      f"{getattr(cfg, 'num_classes', 0)} classes")
     module.class_groups = groups
+    counts = _metadata_json(meta, "class_counts", list, path.name) if ours and "class_counts" in meta else None
+    if counts is not None and (kind != "arpg" or len(counts) != cfg.num_classes
+                               or not all(isinstance(n, int) and n >= 0 for n in counts)):
+        raise CorruptCheckpointError(f"{path.name}: its class counts are not a count for each of its "
+                                     f"{getattr(cfg, 'num_classes', 0)} classes")
+    module.class_counts = counts
     return module.eval().requires_grad_(False)
 
 
@@ -325,6 +331,11 @@ def save_checkpoint(module: ARPG | VQModel, path: str | Path, *, class_names: li
         if len(groups) != module.config.num_classes:
             raise ConfigError(f"{len(groups)} class groups for {module.config.num_classes} classes")
         meta["class_groups"] = json.dumps(list(groups))
+    counts = getattr(module, "class_counts", None)  # training images per class: the odds of a group's classes
+    if counts is not None:
+        if len(counts) != module.config.num_classes:
+            raise ConfigError(f"{len(counts)} class counts for {module.config.num_classes} classes")
+        meta["class_counts"] = json.dumps([int(n) for n in counts])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # a reader never sees a half-written file

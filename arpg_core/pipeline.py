@@ -109,6 +109,10 @@ class Pipeline:
         if groups and len(groups) != model.config.num_classes:
             raise ConfigError(f"{len(groups)} class groups for a model with {model.config.num_classes} classes")
         self.class_groups = list(groups) if groups else None  # subclasses: the group of each class
+        counts = getattr(model, "class_counts", None)
+        if counts and len(counts) != model.config.num_classes:
+            raise ConfigError(f"{len(counts)} class counts for a model with {model.config.num_classes} classes")
+        self.class_counts = list(counts) if counts else None  # training images per class
         self.cell = tokenizer.config.downsample
         self.device = model.embeddings.weight.device
         with torch.inference_mode():  # pending cells decode as the code of a flat grey patch
@@ -139,8 +143,8 @@ class Pipeline:
         return group_names(self.class_groups)
 
     def group_label(self, group: int, seed: int) -> int:
-        """The class of the group-th group that `seed` draws: the group's classes in turn, seed by seed."""
-        return group_label(self.class_groups, group, seed)
+        """The class of the group-th group that `seed` draws, with the odds of its training images."""
+        return group_label(self.class_groups, group, seed, self.class_counts)
 
     # ---- conversions -------------------------------------------------------------------------
     def label(self, label: int | None) -> int:

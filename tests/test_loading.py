@@ -47,8 +47,14 @@ def test_published_format_loads_strictly_and_round_trips(tmp_path, wrap):
     torch.testing.assert_close(model(*x), expected, rtol=0, atol=0)
     out = arpg_core.save_checkpoint(model, tmp_path / "ours.safetensors", class_names=list("abcde"))
     again = arpg_core.load_model(out)  # config and class names from the metadata
-    assert again.config == model.config and again.class_names == list("abcde")
+    assert again.config == model.config and again.class_names == list("abcde") and again.class_groups is None
     torch.testing.assert_close(again(*x), expected, rtol=0, atol=0)
+    again.class_groups = list("xxyyz")  # a model of subclasses: the group of each class
+    grouped = arpg_core.save_checkpoint(again, tmp_path / "g.safetensors")
+    assert arpg_core.load_model(grouped).class_groups == list("xxyyz")
+    again.class_groups = list("xy")
+    with pytest.raises(arpg_core.ConfigError, match="2 class groups for 5 classes"):
+        arpg_core.save_checkpoint(again, tmp_path / "bad-groups.safetensors")
 
 
 def test_int8_storage_is_half_a_bf16_file_and_loads_back_close(tmp_path):
@@ -218,7 +224,10 @@ def test_metadata_is_read_only_from_our_own_files(tmp_path):
     with safe_open(str(ours), framework="pt") as f:
         meta = f.metadata()
     for key, bad, says in (("config", "{not json", "config metadata"), ("config", "[1, 2]", "config metadata"),
-                           ("class_names", '"cats"', "class_names metadata"), ("class_names", "[1]", "not all text")):
+                           ("class_names", '"cats"', "class_names metadata"), ("class_names", "[1]", "not all text"),
+                           ("class_groups", '"pets"', "class_groups metadata"),
+                           ("class_groups", '["a", "b"]', "one name for each of its 5 classes"),
+                           ("class_counts", "[1, 2, 3, 4, -5]", "a count for each of its 5 classes")):
         save_file(load_file(ours), tmp_path / "bad.safetensors", metadata={**meta, key: bad})
         with pytest.raises(CorruptCheckpointError, match=says):
             arpg_core.load_model(tmp_path / "bad.safetensors")

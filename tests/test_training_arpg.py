@@ -458,8 +458,8 @@ def test_subclasses_train_on_from_a_model_of_their_groups(tmp_path, capsys):
     shipped = arpg_core.load_model(assets / "arpg_emoji.safetensors")
     assert shipped.class_groups == model.class_groups
     pipe = Pipeline(shipped, arpg_core.load_tokenizer(assets / "vq_emoji.safetensors"))
-    assert pipe.group_names == ["0_red", "1_blue"]
-    assert [pipe.group_label(0, seed) for seed in range(4)] == [0, 1, 0, 1] and pipe.group_label(1, 5) == 2
+    assert pipe.group_names == ["0_red", "1_blue"] and shipped.class_counts == [2, 2, 4]  # training images
+    assert {pipe.group_label(0, seed) for seed in range(20)} == {0, 1} and pipe.group_label(1, 5) == 2
     with pytest.raises(arpg_core.errors.SamplingError, match="group 2 does not exist"):
         pipe.group_label(2, 0)
     with pytest.raises(SystemExit, match="not the groups"):  # --init whose classes are not the groups
@@ -488,3 +488,15 @@ def test_group_marginal_is_the_mixture_of_the_subclasses(monkeypatch):
                                            prior=torch.tensor([3.0, 1.0, 5.0]), orders=2)
     expected = -math.log(0.75 * math.exp(-100) + 0.25 * math.exp(-90)) / 4
     assert result.tolist() == pytest.approx([expected, 50 / 4])
+
+
+def test_a_group_draws_its_classes_with_the_odds_of_their_training_images():
+    from arpg_core.classes import group_label
+
+    groups = ["a", "b", "b", "b"]
+    picks = [group_label(groups, 1, seed, class_counts=[5, 30, 10, 0]) for seed in range(2000)]
+    assert picks.count(3) == 0 and 0.70 < picks.count(1) / len(picks) < 0.80  # 30 of 40 images
+    assert picks == [group_label(groups, 1, seed, class_counts=[5, 30, 10, 0]) for seed in range(2000)]
+    even = [group_label(groups, 1, seed) for seed in range(600)]  # no counts: equal odds
+    assert all(150 < even.count(k) < 250 for k in (1, 2, 3))
+    assert {group_label(groups, 0, seed) for seed in range(5)} == {0}

@@ -48,7 +48,8 @@ def grow(model: ARPG, n_layer: int, seed: int = 0) -> ARPG:
     stray = [k for k in missing if not any(k.startswith(p) for p in new_names)]
     if stray:
         raise ConfigError(f"the grown model lacks trained weights for {stray[:3]}")
-    grown.class_names = getattr(model, "class_names", None)
+    for kept in ("class_names", "class_groups", "class_counts"):
+        setattr(grown, kept, getattr(model, kept, None))
     return grown.eval().requires_grad_(False)
 
 

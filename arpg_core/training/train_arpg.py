@@ -173,11 +173,11 @@ def cached_codes(tokenizer: VQModel, tokenizer_digest: str, folder: Path, out: P
     return codes, labels, names, data.class_names
 
 
-def row_labels(model: ARPG, row: int, count: int) -> list[int]:
+def row_labels(model: ARPG, row: int, count: int, seed: int = 0) -> list[int]:
     """The classes of a sample sheet's row: the class `row`, or with subclasses (`class_groups`) the
-    subclasses of the row-th group in turn."""
-    groups = getattr(model, "class_groups", None)
-    return [group_label(groups, row, i) for i in range(count)] if groups else [row] * count
+    classes of the row-th group that seeds seed..seed+count-1 draw, as a pipeline asking for the group."""
+    groups, counts = getattr(model, "class_groups", None), getattr(model, "class_counts", None)
+    return [group_label(groups, row, seed + i, counts) for i in range(count)] if groups else [row] * count
 
 
 def sheet_rows(model: ARPG) -> list[str] | None:
@@ -193,7 +193,7 @@ def class_samples(model: ARPG, tokenizer: VQModel, label: int, count: int, steps
     sheet's row (same seeds)."""
     g = model.config.grid_size
     gens = [torch.Generator().manual_seed(seed + 1000 * label + i) for i in range(count)]
-    tokens = generate(model, row_labels(model, label, count), steps=steps, cfg_scale=cfg_scale, generator=gens)
+    tokens = generate(model, row_labels(model, label, count, seed), steps=steps, cfg_scale=cfg_scale, generator=gens)
     return tokenizer.decode(tokens.view(-1, g, g)).clamp(-1, 1)
 
 
@@ -266,11 +266,11 @@ def last_choice(out: Path, step: int) -> bool:
 
 
 def snapshot(model, ema, tokenizer, step, args, names, use_ema: bool = True, sheet: bool = True,
-             groups: list[str] | None = None) -> None:
+             groups: list[str] | None = None, counts: list[int] | None = None) -> None:
     """Exported weights (and a sample sheet), so a run can be inspected and used while it trains. The
     metadata names the tokenizer's codes, so `export` can refuse a tokenizer that encodes otherwise."""
     weights = (ema.module(model) if use_ema else copy.deepcopy(model)).eval()
-    weights.class_names, weights.class_groups = names, groups
+    weights.class_names, weights.class_groups, weights.class_counts = names, groups, counts
     if sheet:
         sample_sheet(weights, tokenizer, args.out / "samples" / f"step_{step:06d}.png")
     save_checkpoint(weights, args.out / EXPORT_NAME, class_names=names, dtype=torch.bfloat16,
@@ -406,6 +406,7 @@ def train(args: argparse.Namespace) -> int:
     init = load_init(args.init, tokenizer, args.config) if args.init and not state else None
     listed = ImageFolderDataset(args.data, tokenizer.config.image_size, subclasses=args.subclasses)  # once
     groups = class_groups_of(args.data, listed)
+    counts = listed.class_counts() if groups else None  # images per subclass: a group's odds when asked for
     if init is not None:  # the class list is cheap to read; encoding is not
         init = check_init(init, class_names_of(args.data, listed), args.init, groups)
     val_dir = common.held_out_folder(args.data, args.val_data, args.no_val)
@@ -454,12 +455,13 @@ def train(args: argparse.Namespace) -> int:
             if step % args.eval_every == 0 or step == args.steps:
                 use_ema = evaluate(model, ema, val, unigram, step, args, progress)
             if step % args.sample_every == 0 or step == args.steps:
-                snapshot(model, ema, tokenizer, step, args, names, use_ema, groups=groups)
+                snapshot(model, ema, tokenizer, step, args, names, use_ema, groups=groups, counts=counts)
             if step % args.save_every == 0:
                 save()
         if flag.stop and step % args.sample_every:  # stopped early: export the weights reached, skip the sheet
             save()  # first: a second signal during the export must not lose the steps since the last save
-            snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False, groups=groups)
+            snapshot(model, ema, tokenizer, step, args, names, use_ema, sheet=False, groups=groups,
+                     counts=counts)
     save()
     progress.close()
     print(f"stopped at step {step}; checkpoint {args.out / common.CHECKPOINT_NAME}", flush=True)
