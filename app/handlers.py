@@ -29,6 +29,7 @@ from app.runs import (
     side_by_side,
     write_gif,
 )
+from arpg_core.classes import group_members
 from arpg_core.errors import ARPGError, HubUnavailableError
 from arpg_core.imageio import open_image
 from arpg_core.pipeline import Frame, Pipeline
@@ -126,7 +127,7 @@ class Studio:
             choices = []
             for g, group in enumerate(pipe.group_names):
                 choices.append((f"{group} (any)", FIRST_GROUP - g))
-                choices += [(names[k], k) for k, owner in enumerate(pipe.class_groups) if owner == group]
+                choices += [(names[k], k) for k in group_members(pipe.class_groups, g)]
         elif len(names) > 50:  # ImageNet: the index helps tell the two "crane"s apart
             choices = [(f"{i} · {name}", i) for i, name in enumerate(names)]
         else:
@@ -331,7 +332,7 @@ class Studio:
     @staticmethod
     def _label(label, pipeline: Pipeline, seed: int) -> int:
         """The class index of a picker value; a group's value (FIRST_GROUP - g) becomes the class
-        of that group the seed draws (image i of a batch has seed + i: the group's classes in turn)."""
+        of that group the seed draws, with the odds of its training images (image i of a batch has seed + i)."""
         if label is None:
             return UNCONDITIONAL
         label = int(label)

@@ -17,6 +17,12 @@ def group_names(class_groups: list[str] | None) -> list[str]:
     return list(dict.fromkeys(class_groups or []))
 
 
+def group_index(class_groups: list[str]) -> list[int]:
+    """Each class's group as an index into `group_names`."""
+    names = group_names(class_groups)
+    return [names.index(g) for g in class_groups]
+
+
 def group_members(class_groups: list[str] | None, group: int) -> list[int]:
     """The class indices of the group-th group."""
     names = group_names(class_groups)

@@ -415,7 +415,7 @@ def test_subclasses_train_on_from_a_model_of_their_groups(tmp_path, capsys):
     """--subclasses: each sub-folder is a class, grouped under its class folder. --init from a model of
     the groups starts each subclass as its group (same logits), the export records the groups, the
     sample sheet has a row per group, eval_arpg adds the loss told only the group, and a pipeline
-    asking for a group takes its subclasses in turn, seed by seed."""
+    asking for a group draws one of its subclasses by the seed."""
     from arpg_core.pipeline import Pipeline
     from arpg_core.training import eval_arpg
 

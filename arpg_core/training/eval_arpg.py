@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from arpg_core.classes import group_names
+from arpg_core.classes import group_index
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ARPGError, ConfigError
 from arpg_core.loading import load_model, load_tokenizer
@@ -55,8 +55,7 @@ def evaluate(model: ARPG, tokenizer: VQModel, data: Path, train: Path | None = N
     readable = list(getattr(model, "class_names", None) or names)
     # Per class, or for a model of subclasses per group (the classes its sample sheet shows and a user asks for).
     rows = sheet_rows(model) if grouped else readable
-    row_of = torch.tensor([group_names(model.class_groups).index(g) for g in model.class_groups]) if grouped \
-        else torch.arange(len(names))
+    row_of = torch.tensor(group_index(model.class_groups)) if grouped else torch.arange(len(names))
 
     def loss(idx: torch.Tensor) -> float:
         return sum(heldout_loss(model, codes[idx], labels[idx], seed=s) for s in range(orders)) / orders
@@ -103,19 +102,20 @@ def group_marginal_nats(model: ARPG, codes: torch.Tensor, labels: torch.Tensor, 
     group's subclasses s (p(s | group) their share of the training images), one fixed random order per
     image and seed (the same for every s), averaged over `orders` seeds."""
     m, n = codes.shape
+    rows, subs = [], []
+    for i in range(m):  # every (image, subclass of its group) pair
+        members = (group_of == group_of[labels[i]]).nonzero().flatten()
+        rows += [i] * len(members)
+        subs += members.tolist()
+    rows, subs = torch.tensor(rows), torch.tensor(subs)
+    share = prior / prior.new_zeros(int(group_of.max()) + 1).index_add(0, group_of, prior)[group_of]
+    log_share = share[subs].clamp(min=1e-12).log()  # log p(s | g) of each pair
     total = torch.zeros(m, dtype=torch.float64)
     for seed in range(orders):
         order = random_orders(m, n, generator=torch.Generator().manual_seed(seed))
-        rows, subs = [], []
-        for i in range(m):  # every (image, subclass of its group) pair
-            members = (group_of == group_of[labels[i]]).nonzero().flatten()
-            rows += [i] * len(members)
-            subs += members.tolist()
-        rows, subs = torch.tensor(rows), torch.tensor(subs)
         nats = torch.cat([image_nats(model, codes[rows[j:j + batch]], subs[j:j + batch], order[rows[j:j + batch]])
                           for j in range(0, len(rows), batch)]).double()
-        share = prior / prior.new_zeros(int(group_of.max()) + 1).index_add(0, group_of, prior)[group_of]
-        score = share[subs].clamp(min=1e-12).log() - nats  # log p(s | g) + log p(x | s)
+        score = log_share - nats  # log p(s | g) + log p(x | s)
         best = torch.full((m,), -float("inf"), dtype=torch.float64).scatter_reduce(0, rows, score, "amax")
         summed = torch.zeros(m, dtype=torch.float64).index_add(0, rows, (score - best[rows]).exp())
         total += -(best + summed.log()) / n

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from arpg_core.classes import group_label, group_names
+from arpg_core.classes import group_index, group_label, group_names
 from arpg_core.data.folder import ImageFolderDataset
 from arpg_core.errors import ConfigError, DataError, UnsafeCheckpointError
 from arpg_core.loading import load_model, load_tokenizer, read_metadata, resolve_source, save_checkpoint
@@ -342,7 +342,7 @@ def check_init(init: ARPG, names: list[str], source: str, groups: list[str] | No
             raise ConfigError(f"--init {source} has the classes {', '.join(init.class_names)}, not the groups "
                               f"of the data's subclasses ({', '.join(parents)})")
         print(f"--init {source}: its {have} classes split into the data's {len(names)} subclasses", flush=True)
-        init = split_classes(init, [parents.index(g) for g in groups])
+        init = split_classes(init, group_index(groups))
         init.class_names = names
         init.shape_from_file = True
         return init
@@ -429,7 +429,7 @@ def train(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
     # with subclasses the draw balances the groups (the classes a user asks for), each group's
     # subclasses at their own frequencies: a subgroup of one emoji must not weigh as much as a group
-    balance_by = labels if groups is None else torch.tensor([group_names(groups).index(g) for g in groups])[labels]
+    balance_by = labels if groups is None else torch.tensor(group_index(groups))[labels]
     batches = common.balanced_batches(common.class_balanced_weights(balance_by, args.balance_alpha),
                                       args.batch_size, gen)
     progress = common.Progress(step, args.steps, args.batch_size)
