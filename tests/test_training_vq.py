@@ -414,6 +414,53 @@ def test_twemoji_source_reads_the_npm_package_as_folder_or_tgz(tmp_path):
         emoji.TwemojiSource(folder)
 
 
+def _fluent_package(root, codepoints):
+    """A folder laid out as npm unpacks @lobehub/fluent-emoji-3d: package.json and
+    assets/<lower-case codepoints>.webp, each a blue 30x10 block in the bottom-right corner of a
+    transparent 128x128 image."""
+    images = root / "assets"
+    images.mkdir(parents=True)
+    for cp in codepoints:
+        drawing = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
+        drawing.paste((0, 0, 230, 255), (98, 118, 128, 128))
+        drawing.save(images / f"{cp.lower()}.webp", lossless=True)
+    (images / "notes.txt").write_text("not an image")
+    (root / "package.json").write_text(json.dumps({"name": "@lobehub/fluent-emoji-3d", "version": "1.1.0"}))
+    return root
+
+
+def test_fluent_source_reads_the_npm_package_as_folder_or_tgz(tmp_path):
+    import tarfile
+
+    from arpg_core.data import emoji
+
+    folder = _fluent_package(tmp_path / "package", ["1F600", "1F469-200D-1F4BB", "0023-FE0F-20E3"])
+    tgz = tmp_path / "lobehub-fluent-emoji-3d-1.1.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(folder, arcname="package")
+    drawings = []
+    for source in (emoji.FluentSource(folder), emoji.FluentSource(tgz)):
+        assert source.version == "1.1.0"
+        assert sorted(source.images) == ["0023-FE0F-20E3", "1F469-200D-1F4BB", "1F600"]  # notes.txt left out
+        assert source.drawing("1f469-200d-1f4bb", 32) is not None  # any case
+        assert source.drawing("1F44B", 32) is None
+        pixels = np.asarray(source.drawing("1F600", 32)).astype(int)
+        assert pixels.shape == (32, 32, 3)
+        assert (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()  # moved off the corner
+        assert (np.abs(pixels[16, 16] - [0, 0, 230]) <= 2).all()  # the block now centred, scaled to the width
+        drawings.append(pixels)
+    assert (drawings[0] == drawings[1]).all()
+    (folder / "assets" / "1f600.webp").write_bytes(b"truncated")
+    assert emoji.FluentSource(folder).drawing("1F600", 32) is None  # an unreadable image is a missing one
+    with pytest.raises(DataError, match="npm pack @lobehub/fluent-emoji-3d"):
+        emoji.FluentSource(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no assets/<codepoints>.webp"):
+        emoji.FluentSource(folder / "assets")
+    (tmp_path / "junk.tgz").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="not a readable .tgz"):
+        emoji.FluentSource(tmp_path / "junk.tgz")
+
+
 def test_emoji_builder_adds_twemoji_to_training_images_only(tmp_path):
     """With --twemoji, each training emoji gets a second drawing beside its Noto one; held-out emoji
     get none, so the held-out split stays the Noto one; emoji the package lacks are listed."""
@@ -436,12 +483,20 @@ def test_emoji_builder_adds_twemoji_to_training_images_only(tmp_path):
     trimmed = tmp_path / "emoji-test.txt"
     trimmed.write_text("\n".join(lines) + "\n", encoding="utf-8")
     package = _twemoji_package(tmp_path / "package", train[:2] + val)  # train[2] missing from the package
-    meta = emoji.build(tmp_path / "out", 32, emoji_test=trimmed, twemoji=package)
+    fluent = _fluent_package(tmp_path / "fluent", train[1:] + val)  # train[0] missing from this one
+    meta = emoji.build(tmp_path / "out", 32, emoji_test=trimmed, twemoji=package, fluent=fluent)
     twemoji = sorted(p.name for p in (tmp_path / "out").rglob("*.twemoji.png"))
     assert twemoji == sorted(f"{cp}.twemoji.png" for cp in train[:2])
     assert all(p.parents[2].name == "train" for p in (tmp_path / "out").rglob("*.twemoji.png"))
     assert meta["counts"]["train"]["Smileys & Emotion"] == 3 and meta["counts"]["val"]["Smileys & Emotion"] == 1
     assert meta["counts"]["train_twemoji"]["Smileys & Emotion"] == 2 and meta["twemoji_missing"] == [train[2]]
     assert "16.0.0" in meta["sources"]["twemoji"]
+    fluent_files = sorted(p.name for p in (tmp_path / "out").rglob("*.fluent.png"))
+    assert fluent_files == sorted(f"{cp}.fluent.png" for cp in train[1:])
+    assert all(p.parents[2].name == "train" for p in (tmp_path / "out").rglob("*.fluent.png"))
+    assert meta["counts"]["train_fluent"]["Smileys & Emotion"] == 2 and meta["fluent_missing"] == [train[0]]
+    assert "1.1.0" in meta["sources"]["fluent"] and "MIT" in meta["sources"]["fluent"]
+    with pytest.raises(SystemExit, match="npm pack @lobehub"):
+        emoji.main(["--out", str(tmp_path / "y"), "--fluent", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="npm pack"):
         emoji.main(["--out", str(tmp_path / "x"), "--twemoji", str(tmp_path / "nowhere")])

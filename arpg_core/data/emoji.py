@@ -2,6 +2,8 @@
 
     python -m arpg_core.data.emoji --out data/emoji --size 64
     python -m arpg_core.data.emoji --out data/emoji-mix --twemoji emoji-datasource-twitter-16.0.0.tgz
+    python -m arpg_core.data.emoji --out data/emoji-mix3 --twemoji emoji-datasource-twitter-16.0.0.tgz \
+        --fluent lobehub-fluent-emoji-3d-1.1.0.tgz
 
 Classes are the 9 emoji groups of `emoji-test.txt` (group `Component` skipped). Images land in
 `<out>/<split>/<group_index>_<slug>/<subgroup_index>_<slug>/<codepoints>.png`, readable by
@@ -14,6 +16,10 @@ npm package `emoji-datasource-twitter` (`npm pack emoji-datasource-twitter@16.0.
 unpacked folder). They land beside the Noto ones as `<codepoints>.twemoji.png`, prepared the same
 way. Held-out emoji get no Twemoji drawing at all, so the held-out split is the Noto one, unchanged,
 and no held-out emoji is seen in training in either style.
+
+`--fluent` adds a third: Microsoft's Fluent Emoji in their 3D style (MIT), from the npm package
+`@lobehub/fluent-emoji-3d` (`npm pack @lobehub/fluent-emoji-3d@1.1.0`), as `<codepoints>.fluent.png`,
+training emoji only, as for Twemoji.
 """
 
 from __future__ import annotations
@@ -137,9 +143,12 @@ TWEMOJI_IMAGES = "img/twitter/64"
 TWEMOJI_HINT = f"npm pack {TWEMOJI_PACKAGE}@16.0.0"
 
 
-class TwemojiSource:
-    """Twemoji drawings by codepoints ("1F469-200D-1F4BB"), from the emoji-datasource-twitter npm
-    package: its .tgz as npm packs it, or the folder it unpacks to (holding emoji.json)."""
+class _NpmPackage:
+    """Files of an npm package: its .tgz as `npm pack` writes it (everything under package/), or the
+    folder it unpacks to. `name` and `hint` go into the errors."""
+
+    name = ""
+    hint = ""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -147,12 +156,51 @@ class TwemojiSource:
         if self.path.is_file():
             try:
                 self._tar = tarfile.open(self.path)
-                members = {m.name.split("/", 1)[-1]: m for m in self._tar.getmembers() if m.isfile()}
+                self._members = {m.name.split("/", 1)[-1]: m for m in self._tar.getmembers() if m.isfile()}
             except (tarfile.TarError, OSError) as exc:
-                raise DataError(f"{self.path} is not a readable .tgz of {TWEMOJI_PACKAGE} ({exc})") from None
-            self._members = members
+                raise DataError(f"{self.path} is not a readable .tgz of {self.name} ({exc})") from None
         elif not self.path.is_dir():
-            raise DataError(f"{self.path} does not exist; get the package with: {TWEMOJI_HINT}")
+            raise DataError(f"{self.path} does not exist; get the package with: {self.hint}")
+
+    def _read(self, name: str) -> bytes:
+        if self._tar is not None:
+            return self._tar.extractfile(self._members[name]).read()
+        return (self.path / name).read_bytes()
+
+    def _names(self, folder: str) -> list[str]:
+        """File names directly inside `folder` of the package."""
+        if self._tar is not None:
+            prefix = folder.rstrip("/") + "/"
+            return [n[len(prefix):] for n in self._members if n.startswith(prefix) and "/" not in n[len(prefix):]]
+        where = self.path / folder
+        return [p.name for p in where.iterdir() if p.is_file()] if where.is_dir() else []
+
+    def _version(self) -> str:
+        try:
+            return str(json.loads(self._read("package.json")).get("version", "unknown"))
+        except (OSError, KeyError, ValueError, AttributeError):
+            return "unknown"
+
+    def _image(self, name: str, size: int) -> Image.Image | None:
+        """The package's image file `name`, prepared as `render` prepares a glyph; None when unreadable."""
+        try:
+            with Image.open(io.BytesIO(self._read(name))) as image:
+                return centred(image.convert("RGBA"), size)
+        except (OSError, KeyError, ValueError, Image.DecompressionBombError):
+            return None
+
+
+class TwemojiSource(_NpmPackage):
+    """Twemoji drawings by codepoints ("1F469-200D-1F4BB"), from the emoji-datasource-twitter npm
+    package: its .tgz as npm packs it, or the folder it unpacks to (holding emoji.json)."""
+
+    name = TWEMOJI_PACKAGE
+    hint = TWEMOJI_HINT
+    style = "twemoji"
+    licence = "images CC-BY 4.0"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
         try:
             table = json.loads(self._read("emoji.json"))
         except (OSError, KeyError, ValueError) as exc:
@@ -166,26 +214,46 @@ class TwemojiSource:
                     self.images[str(v["unified"]).upper()] = str(v["image"])
         if not self.images:
             raise DataError(f"{self.path}/emoji.json lists no Twemoji images; is it {TWEMOJI_PACKAGE}?")
-        try:
-            self.version = json.loads(self._read("package.json")).get("version", "unknown")
-        except (OSError, KeyError, ValueError):
-            self.version = "unknown"
-
-    def _read(self, name: str) -> bytes:
-        if self._tar is not None:
-            return self._tar.extractfile(self._members[name]).read()
-        return (self.path / name).read_bytes()
+        self.version = self._version()
 
     def drawing(self, codepoints: str, size: int) -> Image.Image | None:
         """The emoji's Twemoji, prepared as `render` prepares a glyph; None when the package has none."""
         name = self.images.get(codepoints.upper())
-        if name is None:
-            return None
-        try:
-            with Image.open(io.BytesIO(self._read(f"{TWEMOJI_IMAGES}/{name}"))) as image:
-                return centred(image.convert("RGBA"), size)
-        except (OSError, KeyError, ValueError, Image.DecompressionBombError):
-            return None
+        return None if name is None else self._image(f"{TWEMOJI_IMAGES}/{name}", size)
+
+
+FLUENT_PACKAGE = "@lobehub/fluent-emoji-3d"
+FLUENT_IMAGES = "assets"
+FLUENT_HINT = f"npm pack {FLUENT_PACKAGE}@1.1.0"
+
+
+class FluentSource(_NpmPackage):
+    """Microsoft's Fluent Emoji in their 3D style (MIT), by codepoints, from the npm package
+    @lobehub/fluent-emoji-3d: 256 px images named by lower-case codepoints (assets/1f98a.webp,
+    assets/1f469-200d-1f4bb.webp). The .tgz as npm packs it, or the folder it unpacks to."""
+
+    name = FLUENT_PACKAGE
+    hint = FLUENT_HINT
+    style = "fluent"
+    licence = "images MIT"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.images = {n.rsplit(".", 1)[0].upper(): n for n in self._names(FLUENT_IMAGES)
+                       if n.lower().endswith((".webp", ".png"))}
+        if not self.images:
+            raise DataError(f"{self.path} holds no {FLUENT_IMAGES}/<codepoints>.webp images; is it {FLUENT_PACKAGE}? "
+                            f"Get the package with: {FLUENT_HINT}")
+        if any(n.lower().endswith(".webp") for n in self.images.values()) and not features.check("webp"):
+            # Otherwise every drawing would fail to open and the style would silently be missing.
+            raise DataError("this Pillow cannot read WebP images, which the Fluent package holds; "
+                            "install a Pillow wheel from PyPI (pip install --force-reinstall pillow)")
+        self.version = self._version()
+
+    def drawing(self, codepoints: str, size: int) -> Image.Image | None:
+        """The emoji's Fluent drawing, prepared as `render` prepares a glyph; None when the package has none."""
+        name = self.images.get(codepoints.upper())
+        return None if name is None else self._image(f"{FLUENT_IMAGES}/{name}", size)
 
 
 def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
@@ -199,14 +267,18 @@ def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
 
 
 def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT,
-          twemoji: Path | None = None) -> dict:
+          twemoji: Path | None = None, fluent: Path | None = None) -> dict:
+    """Render every emoji into `out`/<split>/...; with `twemoji` and/or `fluent` (npm packages), each
+    training emoji also gets that style's drawing as `<codepoints>.<style>.png` beside its Noto one."""
     check_sources(emoji_test, font_path)
-    extra = TwemojiSource(twemoji) if twemoji is not None else None
+    extras = ([TwemojiSource(twemoji)] if twemoji is not None else []) + \
+             ([FluentSource(fluent)] if fluent is not None else [])
     groups, entries = parse_emoji_test(emoji_test)
     font = ImageFont.truetype(str(font_path), FONT_SIZE)
     folders, sub_folders = folder_names(groups, entries)
     counts: Counter[tuple[str, str]] = Counter()
-    skipped, missing_twemoji = [], []
+    skipped: list[str] = []
+    missing: dict[str, list[str]] = {extra.style: [] for extra in extras}
     for entry in tqdm(entries, desc="render", unit="emoji"):
         image = render(entry.text, font, size)
         if image is None:
@@ -217,13 +289,13 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{entry.codepoints}.png")
         counts[(split, entry.group)] += 1
-        if extra is not None and split == "train":
+        for extra in extras if split == "train" else []:
             drawing = extra.drawing(entry.codepoints, size)
             if drawing is None:
-                missing_twemoji.append(entry.codepoints)
+                missing[extra.style].append(entry.codepoints)
             else:
-                drawing.save(folder / f"{entry.codepoints}.twemoji.png")
-                counts[("twemoji", entry.group)] += 1
+                drawing.save(folder / f"{entry.codepoints}.{extra.style}.png")
+                counts[(extra.style, entry.group)] += 1
     meta = {
         "classes": groups,
         "folders": [folders[g] for g in groups],
@@ -233,10 +305,10 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
         "skipped_empty": skipped,
         "sources": source_versions(emoji_test, font_path),
     }
-    if extra is not None:
-        meta["counts"]["train_twemoji"] = {g: counts[("twemoji", g)] for g in groups}
-        meta["twemoji_missing"] = missing_twemoji
-        meta["sources"]["twemoji"] = f"{extra.path} ({TWEMOJI_PACKAGE} {extra.version}; images CC-BY 4.0)"
+    for extra in extras:
+        meta["counts"][f"train_{extra.style}"] = {g: counts[(extra.style, g)] for g in groups}
+        meta[f"{extra.style}_missing"] = missing[extra.style]
+        meta["sources"][extra.style] = f"{extra.path} ({extra.name} {extra.version}; {extra.licence})"
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
@@ -250,11 +322,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--twemoji", type=Path, default=None, metavar="PACKAGE",
                         help=f"also draw each training emoji as Twemoji, from this .tgz or folder ({TWEMOJI_HINT})")
+    parser.add_argument("--fluent", type=Path, default=None, metavar="PACKAGE",
+                        help=f"also draw each training emoji as Microsoft's 3D Fluent Emoji, from this .tgz or "
+                             f"folder ({FLUENT_HINT})")
     args = parser.parse_args(argv)
     if not 8 <= args.size <= 1024:
         parser.error(f"--size must be 8 to 1024 pixels (got {args.size})")
     try:
-        meta = build(args.out, args.size, twemoji=args.twemoji)
+        meta = build(args.out, args.size, twemoji=args.twemoji, fluent=args.fluent)
     except DataError as exc:  # the font or the list missing: the install hint, not a traceback
         raise SystemExit(f"emoji: error: {exc}") from None
     for split, per_class in meta["counts"].items():
