@@ -145,10 +145,13 @@ TWEMOJI_HINT = f"npm pack {TWEMOJI_PACKAGE}@16.0.0"
 
 class _NpmPackage:
     """Files of an npm package: its .tgz as `npm pack` writes it (everything under package/), or the
-    folder it unpacks to. `name` and `hint` go into the errors."""
+    folder it unpacks to. `name` and `hint` go into the errors; a subclass fills `images` (upper-case
+    codepoints -> file name inside `images_dir`), which `drawing` reads."""
 
     name = ""
     hint = ""
+    images_dir = ""
+    images: dict[str, str]
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -161,6 +164,7 @@ class _NpmPackage:
                 raise DataError(f"{self.path} is not a readable .tgz of {self.name} ({exc})") from None
         elif not self.path.is_dir():
             raise DataError(f"{self.path} does not exist; get the package with: {self.hint}")
+        self.version = self._version()
 
     def _read(self, name: str) -> bytes:
         if self._tar is not None:
@@ -181,10 +185,14 @@ class _NpmPackage:
         except (OSError, KeyError, ValueError, AttributeError):
             return "unknown"
 
-    def _image(self, name: str, size: int) -> Image.Image | None:
-        """The package's image file `name`, prepared as `render` prepares a glyph; None when unreadable."""
+    def drawing(self, codepoints: str, size: int) -> Image.Image | None:
+        """The emoji's drawing in this package, prepared as `render` prepares a glyph; None when the
+        package has none or its file is unreadable."""
+        name = self.images.get(codepoints.upper())
+        if name is None:
+            return None
         try:
-            with Image.open(io.BytesIO(self._read(name))) as image:
+            with Image.open(io.BytesIO(self._read(f"{self.images_dir}/{name}"))) as image:
                 return centred(image.convert("RGBA"), size)
         except (OSError, KeyError, ValueError, Image.DecompressionBombError):
             return None
@@ -196,6 +204,7 @@ class TwemojiSource(_NpmPackage):
 
     name = TWEMOJI_PACKAGE
     hint = TWEMOJI_HINT
+    images_dir = TWEMOJI_IMAGES
     style = "twemoji"
     licence = "images CC-BY 4.0"
 
@@ -214,12 +223,6 @@ class TwemojiSource(_NpmPackage):
                     self.images[str(v["unified"]).upper()] = str(v["image"])
         if not self.images:
             raise DataError(f"{self.path}/emoji.json lists no Twemoji images; is it {TWEMOJI_PACKAGE}?")
-        self.version = self._version()
-
-    def drawing(self, codepoints: str, size: int) -> Image.Image | None:
-        """The emoji's Twemoji, prepared as `render` prepares a glyph; None when the package has none."""
-        name = self.images.get(codepoints.upper())
-        return None if name is None else self._image(f"{TWEMOJI_IMAGES}/{name}", size)
 
 
 FLUENT_PACKAGE = "@lobehub/fluent-emoji-3d"
@@ -234,6 +237,7 @@ class FluentSource(_NpmPackage):
 
     name = FLUENT_PACKAGE
     hint = FLUENT_HINT
+    images_dir = FLUENT_IMAGES
     style = "fluent"
     licence = "images MIT"
 
@@ -248,12 +252,6 @@ class FluentSource(_NpmPackage):
             # Otherwise every drawing would fail to open and the style would silently be missing.
             raise DataError("this Pillow cannot read WebP images, which the Fluent package holds; "
                             "install a Pillow wheel from PyPI (pip install --force-reinstall pillow)")
-        self.version = self._version()
-
-    def drawing(self, codepoints: str, size: int) -> Image.Image | None:
-        """The emoji's Fluent drawing, prepared as `render` prepares a glyph; None when the package has none."""
-        name = self.images.get(codepoints.upper())
-        return None if name is None else self._image(f"{FLUENT_IMAGES}/{name}", size)
 
 
 def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
