@@ -496,6 +496,18 @@ def test_emoji_builder_adds_twemoji_to_training_images_only(tmp_path):
     assert all(p.parents[2].name == "train" for p in (tmp_path / "out").rglob("*.fluent.png"))
     assert meta["counts"]["train_fluent"]["Smileys & Emotion"] == 2 and meta["fluent_missing"] == [train[0]]
     assert "1.1.0" in meta["sources"]["fluent"] and "MIT" in meta["sources"]["fluent"]
+    # --by-style: the same images, each under its style; --subclasses then reads a class per style
+    styled = emoji.build(tmp_path / "styled", 32, emoji_test=trimmed, twemoji=package, fluent=fluent, by_style=True)
+    assert styled["counts"] == meta["counts"] and styled["layout"] == "group/style/subgroup"
+    assert sorted(p.relative_to(tmp_path / "styled").parts[2] for p in (tmp_path / "styled").rglob("*.png")) == \
+        ["fluent"] * 2 + ["noto"] * 4 + ["twemoji"] * 2
+    train_set = ImageFolderDataset(tmp_path / "styled" / "train", 32, subclasses=True)
+    assert train_set.class_names == [f"0_smileys-emotion/{s}" for s in ("fluent", "noto", "twemoji")]
+    assert [styled["subclasses"][c] for c in train_set.class_names] == \
+        ["Smileys & Emotion / Fluent 3D", "Smileys & Emotion / Noto", "Smileys & Emotion / Twemoji"]
+    held_out = ImageFolderDataset(tmp_path / "styled" / "val", 32, classes=train_set.class_names, subclasses=True)
+    assert [label for _, label in held_out.samples] == [1]  # the one held-out emoji, Noto only
+    assert len(ImageFolderDataset(tmp_path / "styled" / "train", 32).samples) == 7  # by group: all styles
     with pytest.raises(SystemExit, match="npm pack @lobehub"):
         emoji.main(["--out", str(tmp_path / "y"), "--fluent", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="npm pack"):

@@ -4,6 +4,7 @@
     python -m arpg_core.data.emoji --out data/emoji-mix --twemoji emoji-datasource-twitter-16.0.0.tgz
     python -m arpg_core.data.emoji --out data/emoji-mix3 --twemoji emoji-datasource-twitter-16.0.0.tgz \
         --fluent lobehub-fluent-emoji-3d-1.1.0.tgz
+    python -m arpg_core.data.emoji --out data/emoji-style --by-style --twemoji ... --fluent ...
 
 Classes are the 9 emoji groups of `emoji-test.txt` (group `Component` skipped). Images land in
 `<out>/<split>/<group_index>_<slug>/<subgroup_index>_<slug>/<codepoints>.png`, readable by
@@ -20,6 +21,13 @@ and no held-out emoji is seen in training in either style.
 `--fluent` adds a third: Microsoft's Fluent Emoji in their 3D style (MIT), from the npm package
 `@lobehub/fluent-emoji-3d` (`npm pack @lobehub/fluent-emoji-3d@1.1.0`), as `<codepoints>.fluent.png`,
 training emoji only, as for Twemoji.
+
+`--by-style` files each image under its drawing style instead:
+`<split>/<group>/<style>/<subgroup>/<codepoints>[.<style>].png`, style `noto`, `twemoji` or `fluent`.
+Read by group it is the same data set; with `--subclasses` each (group, style) pair is a class
+("Animals & Nature / Twemoji"), so a model learns each style under its own condition and draws one
+style per image rather than a blend of them; asking for the group draws a style by the odds of its
+training images. The held-out split has only the `noto` style.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ FONT_SIZE = 109  # the only bitmap strike NotoColorEmoji offers
 INSTALL_HINT = "apt-get install fonts-noto-color-emoji unicode-data"
 SKIP_GROUPS = {"Component"}
 VAL_PERCENT = 5
+NOTO_STYLE, NOTO_LABEL = "noto", "Noto"  # the font's own drawing: its folder with --by-style, its name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +215,7 @@ class TwemojiSource(_NpmPackage):
     hint = TWEMOJI_HINT
     images_dir = TWEMOJI_IMAGES
     style = "twemoji"
+    label = "Twemoji"
     licence = "images CC-BY 4.0"
 
     def __init__(self, path: Path):
@@ -239,6 +249,7 @@ class FluentSource(_NpmPackage):
     hint = FLUENT_HINT
     images_dir = FLUENT_IMAGES
     style = "fluent"
+    label = "Fluent 3D"
     licence = "images MIT"
 
     def __init__(self, path: Path):
@@ -265,9 +276,10 @@ def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
 
 
 def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT,
-          twemoji: Path | None = None, fluent: Path | None = None) -> dict:
+          twemoji: Path | None = None, fluent: Path | None = None, by_style: bool = False) -> dict:
     """Render every emoji into `out`/<split>/...; with `twemoji` and/or `fluent` (npm packages), each
-    training emoji also gets that style's drawing as `<codepoints>.<style>.png` beside its Noto one."""
+    training emoji also gets that style's drawing as `<codepoints>.<style>.png` beside its Noto one
+    (`by_style`: in a folder of its style under the group, the Noto one under `noto`)."""
     check_sources(emoji_test, font_path)
     extras = ([TwemojiSource(twemoji)] if twemoji is not None else []) + \
              ([FluentSource(fluent)] if fluent is not None else [])
@@ -283,25 +295,36 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
             skipped.append(entry.codepoints)
             continue
         split = split_of(entry.codepoints)
-        folder = out / split / folders[entry.group] / sub_folders[(entry.group, entry.subgroup)]
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"{entry.codepoints}.png")
+        group, sub = folders[entry.group], sub_folders[(entry.group, entry.subgroup)]
+
+        def save(picture: Image.Image, style: str, suffix: str) -> None:
+            folder = out / split / group / style / sub if by_style else out / split / group / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            picture.save(folder / f"{entry.codepoints}{suffix}.png")
+
+        save(image, NOTO_STYLE, "")
         counts[(split, entry.group)] += 1
         for extra in extras if split == "train" else []:
             drawing = extra.drawing(entry.codepoints, size)
             if drawing is None:
                 missing[extra.style].append(entry.codepoints)
             else:
-                drawing.save(folder / f"{entry.codepoints}.{extra.style}.png")
+                save(drawing, extra.style, f".{extra.style}")
                 counts[(extra.style, entry.group)] += 1
+    if by_style:  # the classes of --subclasses: a group's styles
+        styles = [(NOTO_STYLE, NOTO_LABEL)] + [(extra.style, extra.label) for extra in extras]
+        subclasses = {f"{folders[g]}/{style}": f"{g} / {label}" for g in groups for style, label in styles}
+    else:
+        subclasses = {f"{folders[g]}/{sub}": f"{g} / {s}" for (g, s), sub in sub_folders.items()}
     meta = {
         "classes": groups,
         "folders": [folders[g] for g in groups],
-        "subclasses": {f"{folders[g]}/{sub}": f"{g} / {s}" for (g, s), sub in sub_folders.items()},
+        "subclasses": subclasses,
         "size": size,
         "counts": {s: {g: counts[(s, g)] for g in groups} for s in ("train", "val")},
         "skipped_empty": skipped,
         "sources": source_versions(emoji_test, font_path),
+        "layout": "group/style/subgroup" if by_style else "group/subgroup",
     }
     for extra in extras:
         meta["counts"][f"train_{extra.style}"] = {g: counts[(extra.style, g)] for g in groups}
@@ -323,11 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fluent", type=Path, default=None, metavar="PACKAGE",
                         help=f"also draw each training emoji as Microsoft's 3D Fluent Emoji, from this .tgz or "
                              f"folder ({FLUENT_HINT})")
+    parser.add_argument("--by-style", action="store_true",
+                        help="file each image under its drawing style (<group>/<style>/<subgroup>/), so that "
+                             "--subclasses trains one class per group and style")
     args = parser.parse_args(argv)
     if not 8 <= args.size <= 1024:
         parser.error(f"--size must be 8 to 1024 pixels (got {args.size})")
     try:
-        meta = build(args.out, args.size, twemoji=args.twemoji, fluent=args.fluent)
+        meta = build(args.out, args.size, twemoji=args.twemoji, fluent=args.fluent, by_style=args.by_style)
     except DataError as exc:  # the font or the list missing: the install hint, not a traceback
         raise SystemExit(f"emoji: error: {exc}") from None
     for split, per_class in meta["counts"].items():
