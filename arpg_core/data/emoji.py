@@ -275,6 +275,11 @@ def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
     }
 
 
+def _save(picture: Image.Image, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    picture.save(folder / name)
+
+
 def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: Path = EMOJI_FONT,
           twemoji: Path | None = None, fluent: Path | None = None, by_style: bool = False) -> dict:
     """Render every emoji into `out`/<split>/...; with `twemoji` and/or `fluent` (npm packages), each
@@ -295,21 +300,17 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
             skipped.append(entry.codepoints)
             continue
         split = split_of(entry.codepoints)
-        group, sub = folders[entry.group], sub_folders[(entry.group, entry.subgroup)]
-
-        def save(picture: Image.Image, style: str, suffix: str) -> None:
-            folder = out / split / group / style / sub if by_style else out / split / group / sub
-            folder.mkdir(parents=True, exist_ok=True)
-            picture.save(folder / f"{entry.codepoints}{suffix}.png")
-
-        save(image, NOTO_STYLE, "")
+        group = out / split / folders[entry.group]
+        sub = sub_folders[(entry.group, entry.subgroup)]
+        _save(image, group / NOTO_STYLE / sub if by_style else group / sub, f"{entry.codepoints}.png")
         counts[(split, entry.group)] += 1
         for extra in extras if split == "train" else []:
             drawing = extra.drawing(entry.codepoints, size)
             if drawing is None:
                 missing[extra.style].append(entry.codepoints)
             else:
-                save(drawing, extra.style, f".{extra.style}")
+                _save(drawing, group / extra.style / sub if by_style else group / sub,
+                      f"{entry.codepoints}.{extra.style}.png")
                 counts[(extra.style, entry.group)] += 1
     if by_style:  # the classes of --subclasses: a group's styles
         styles = [(NOTO_STYLE, NOTO_LABEL)] + [(extra.style, extra.label) for extra in extras]
