@@ -65,6 +65,7 @@ def test_a_real_interrupt_saves_and_exports(tmp_path):
     try:
         for line in proc.stdout:  # the banner comes once the codes are encoded and training starts
             if "start step 0" in line:
+                assert "| batch 4 |" in line  # the batch is in the banner: the default (64) is easy to miss
                 break
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)

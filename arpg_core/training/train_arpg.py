@@ -425,7 +425,8 @@ def train(args: argparse.Namespace) -> int:
     del init  # its weights are in the model now
     unigram = unigram_loss(codes, val[0] if val else codes, tokenizer.config.codebook_size)
     print(f"ARPG {model.config.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
-          f"{len(codes)} sequences, {len(names)} classes | start step {step}", flush=True)
+          f"{len(codes)} sequences, {len(names)} classes | batch {args.batch_size} | start step {step}",
+          flush=True)
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
     # with subclasses the draw balances the groups (the classes a user asks for), each group's
     # subclasses at their own frequencies: a subgroup of one emoji must not weigh as much as a group

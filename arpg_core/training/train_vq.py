@@ -255,7 +255,7 @@ def train(args: argparse.Namespace) -> int:
               "training images", flush=True)
     print(
         f"VQ {cfg.to_json()} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | "
-        f"{len(images)} train images in {train_set.num_classes} classes | start step {step}",
+        f"{len(images)} train images in {train_set.num_classes} classes | batch {args.batch_size} | start step {step}",
         flush=True,
     )
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
