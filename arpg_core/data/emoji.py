@@ -275,7 +275,9 @@ def source_versions(emoji_test: Path, font: Path) -> dict[str, str]:
     }
 
 
-def _save(picture: Image.Image, folder: Path, name: str) -> None:
+def _save(picture: Image.Image, group: Path, sub: str, style: str, by_style: bool, name: str) -> None:
+    """Write one drawing: `group/sub/name`, or with `by_style` `group/style/sub/name`."""
+    folder = group / style / sub if by_style else group / sub
     folder.mkdir(parents=True, exist_ok=True)
     picture.save(folder / name)
 
@@ -302,15 +304,14 @@ def build(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST, font_path: P
         split = split_of(entry.codepoints)
         group = out / split / folders[entry.group]
         sub = sub_folders[(entry.group, entry.subgroup)]
-        _save(image, group / NOTO_STYLE / sub if by_style else group / sub, f"{entry.codepoints}.png")
+        _save(image, group, sub, NOTO_STYLE, by_style, f"{entry.codepoints}.png")
         counts[(split, entry.group)] += 1
         for extra in extras if split == "train" else []:
             drawing = extra.drawing(entry.codepoints, size)
             if drawing is None:
                 missing[extra.style].append(entry.codepoints)
             else:
-                _save(drawing, group / extra.style / sub if by_style else group / sub,
-                      f"{entry.codepoints}.{extra.style}.png")
+                _save(drawing, group, sub, extra.style, by_style, f"{entry.codepoints}.{extra.style}.png")
                 counts[(extra.style, entry.group)] += 1
     if by_style:  # the classes of --subclasses: a group's styles
         styles = [(NOTO_STYLE, NOTO_LABEL)] + [(extra.style, extra.label) for extra in extras]
